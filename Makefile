@@ -1,0 +1,33 @@
+# Two entry points for a new user: `make demo` and `make test`. Both create .venv if absent.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_STEPS ?= 1500
+DEMO_MODEL ?= gated_pixelcnn
+
+.PHONY: demo test install clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+
+# torch is pinned to the CPU wheel first so that no later requirement pulls a CUDA build.
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/argen train $(DEMO_MODEL) --data mnist --steps $(DEMO_STEPS) --out runs/demo --overwrite
+	$(BIN)/argen eval runs/demo
+	$(BIN)/argen sample runs/demo -n 64 -o runs/demo/samples.png
+	@echo "samples written to runs/demo/samples.png"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
