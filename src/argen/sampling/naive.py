@@ -1,0 +1,74 @@
+"""The generic autoregressive loop and the naive stepper (one full forward pass per step).
+
+`autoregressive_fill` walks the model's generation order; at each position and channel it asks
+a stepper for the distribution parameters there, turns them into the channel's conditional with
+the model's distribution, and draws. Faster samplers only replace the stepper, so they are
+checked against the naive one step by step.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from argen.sampling.logits import draw, process_logits
+
+
+class Stepper(Protocol):
+    def params_at(self, x: Tensor, pos: tuple[int, ...], channel: int) -> Tensor:
+        """(B, P) distribution parameters at `pos` given `x` (valid before `pos`, and at `pos`
+        for channels < `channel`)."""
+
+
+class NaiveStepper:
+    """Reruns the whole network whenever the model's output at `pos` may have changed."""
+
+    def __init__(self, model: Any, cond: Tensor | None) -> None:
+        self.model, self.cond = model, cond
+        self.rerun_each_channel = model.distribution.output_depends_on_current_pixel
+        self._params: Tensor | None = None
+
+    def params_at(self, x: Tensor, pos: tuple[int, ...], channel: int) -> Tensor:
+        if channel == 0 or self.rerun_each_channel or self._params is None:
+            self._params = self.model(x, self.cond)
+        return self._params[(slice(None), slice(None), *pos)]
+
+    def skip(self, x: Tensor, pos: tuple[int, ...]) -> None:
+        self._params = None
+
+
+def autoregressive_fill(
+    model: Any,
+    x: Tensor,
+    known: Tensor | None,
+    cond: Tensor | None,
+    stepper: Stepper,
+    *,
+    generator: torch.Generator | None = None,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    progress: bool = False,
+) -> Tensor:
+    """Fill `x` in place in the model's order (all of it, or where `known` is False)."""
+    dist = model.distribution
+    order = model.generation_order()
+    batch = x.shape[0]
+    for pos in tqdm(order, desc="sampling", disable=not progress, leave=False):
+        index = (slice(None), *pos)
+        keep = known[index] if known is not None else None  # (B,) bool
+        if keep is not None and bool(keep.all()):
+            stepper.skip(x, pos)
+            continue
+        for c in range(model.channels):
+            params = stepper.params_at(x, pos, c)
+            table = dist.conditionals(params, x[(slice(None), slice(None), *pos)])  # (B, C, L)
+            logits = process_logits(table[:, c], temperature, top_k, top_p)
+            u = torch.rand(batch, generator=generator, device=generator.device if generator else x.device)
+            value = draw(logits, u.to(x.device))
+            if keep is not None:
+                value = torch.where(keep, x[(slice(None), c, *pos)], value)
+            x[(slice(None), c, *pos)] = value
+    return x

@@ -1,0 +1,42 @@
+"""Shared helpers for tests: build any registered model in its tiny configuration."""
+from __future__ import annotations
+
+import torch
+
+import argen
+from argen.registry import get_entry, tiny_kwargs
+
+# (channels, H, W, levels) tried in order; a model that cannot take a shape says so with ValueError.
+SHAPES = [(1, 5, 6, 4), (3, 4, 4, 4)]
+
+
+def make_tiny(name: str, image_shape: tuple[int, int, int], levels: int, **extra) -> argen.models.ARModel | None:
+    """The model in its tiny config at this shape, or None when it rejects the shape."""
+    kw = tiny_kwargs(name)
+    kw.update(extra)
+    kw.setdefault("image_shape", image_shape)
+    kw["image_shape"] = image_shape
+    kw["levels"] = levels
+    try:
+        model = argen.create_model(name, **kw)
+    except ValueError:
+        return None
+    return model.eval()
+
+
+def tiny_shapes(name: str) -> list[tuple[tuple[int, int, int], int]]:
+    """Shapes the conformance suite runs a model at (its own, if the defaults do not fit)."""
+    entry = get_entry(name)
+    shapes = [((c, h, w), lv) for c, h, w, lv in SHAPES]
+    fitting = [s for s in shapes if make_tiny(name, *s) is not None]
+    if not fitting:  # e.g. models that need sizes divisible by 4
+        fitting = [((1, 8, 8), 4), ((3, 8, 8), 4)]
+        fitting = [s for s in fitting if make_tiny(name, *s) is not None]
+    assert fitting, f"{name} accepts none of the conformance shapes"
+    del entry
+    return fitting
+
+
+def random_images(model, batch: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, model.levels, (batch, *model.data_shape), generator=g)

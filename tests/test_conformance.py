@@ -1,0 +1,184 @@
+"""The conformance suite of DESIGN.md, run over every registered model in its tiny config.
+
+A new model gets all of it by registering; a model that needs an exception explains it here.
+"""
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import argen
+from tests.helpers import make_tiny, random_images, tiny_shapes
+
+MODELS = argen.list_models()
+CASES = [(name, shape, levels) for name in MODELS for shape, levels in tiny_shapes(name)]
+IDS = [f"{n}-{'x'.join(map(str, s))}-L{lv}" for n, s, lv in CASES]
+
+
+def _index(pos):
+    return (slice(None), *pos)
+
+
+@pytest.mark.parametrize("name,shape,levels", CASES, ids=IDS)
+def test_causality_pixels(name, shape, levels):
+    """Changing pixels at or after position k leaves the log-probs before k unchanged."""
+    model = make_tiny(name, shape, levels)
+    order = model.generation_order()
+    x = random_images(model, 3)
+    base = model.log_prob(x, reduce=False)
+    for k in sorted({1, len(order) // 3, len(order) // 2, len(order) - 1}):
+        y = x.clone()
+        for pos in order[k:]:
+            y[(slice(None), slice(None), *pos)] = torch.randint(0, levels, (3, shape[0]))
+        out = model.log_prob(y, reduce=False)
+        for pos in order[:k]:
+            torch.testing.assert_close(out[_index(pos)], base[_index(pos)], atol=1e-5, rtol=1e-5,
+                                       msg=f"position {pos} (before k={k}) changed when later pixels changed")
+
+
+@pytest.mark.parametrize("name,shape,levels", CASES, ids=IDS)
+def test_earlier_pixels_matter(name, shape, levels):
+    """Changing the first pixel changes some later conditional (the model is not blind)."""
+    model = make_tiny(name, shape, levels)
+    order = model.generation_order()
+    x = random_images(model, 4)
+    y = x.clone()
+    y[(slice(None), slice(None), *order[0])] = (x[(slice(None), slice(None), *order[0])] + 1) % levels
+    with torch.no_grad():
+        a, b = model.log_prob(x, reduce=False), model.log_prob(y, reduce=False)
+    diffs = [float((a[_index(p)] - b[_index(p)]).abs().max()) for p in order[1:]]
+    assert max(diffs) > 1e-6, "no later position depends on the first pixel"
+
+
+@pytest.mark.parametrize("name,shape,levels", CASES, ids=IDS)
+def test_causality_subpixels(name, shape, levels):
+    """Channel c's conditional at a position ignores channels >= c there and everything later."""
+    model = make_tiny(name, shape, levels)
+    if shape[0] == 1:
+        pytest.skip("one channel: no sub-pixel order")
+    order = model.generation_order()
+    x = random_images(model, 3)
+    pos = order[len(order) // 2]
+    base = model.conditionals(x)
+    for c_changed in range(shape[0]):
+        y = x.clone()
+        y[(slice(None), c_changed, *pos)] = (x[(slice(None), c_changed, *pos)] + 1) % levels
+        out = model.conditionals(y)
+        for c in range(c_changed + 1):
+            torch.testing.assert_close(out[(slice(None), c, slice(None), *pos)], base[(slice(None), c, slice(None), *pos)],
+                                       atol=1e-5, rtol=1e-5, msg=f"channel {c} saw channel {c_changed}")
+
+
+@pytest.mark.parametrize("name,shape,levels", CASES, ids=IDS)
+def test_normalization_by_enumeration(name, shape, levels):
+    """For a fixed prefix, exp(log p(pixel)) summed over every value of the pixel is 1."""
+    model = make_tiny(name, shape, levels)
+    order = model.generation_order()
+    c = shape[0]
+    values = torch.tensor(list(itertools.product(range(levels), repeat=c)))  # (L^C, C)
+    for pos in (order[0], order[len(order) // 2], order[-1]):
+        x = random_images(model, 1).repeat(len(values), *[1] * len(shape))
+        x[(slice(None), slice(None), *pos)] = values
+        lp = model.log_prob(x, reduce=False)[_index(pos)]
+        total = torch.logsumexp(lp.double(), 0)
+        assert abs(float(total)) < 1e-4, f"pixel {pos} sums to exp({float(total)})"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bruteforce_normalization(name):
+    """Every image of a tiny space: the probabilities sum to exactly 1."""
+    for shape, levels in (((1, 2, 2), 4), ((1, 4, 4), 2), ((1, 8, 8), 2)):
+        model = make_tiny(name, shape, levels)
+        if model is not None and levels ** (shape[1] * shape[2]) <= 2 ** 16:
+            break
+    else:
+        pytest.skip(f"{name} takes no image space small enough to enumerate")
+    n_dims = shape[1] * shape[2]
+    grid = torch.tensor(list(itertools.product(range(levels), repeat=n_dims))).view(-1, *shape)
+    lps = torch.cat([model.log_prob(chunk).double() for chunk in grid.split(4096)])
+    assert abs(float(torch.logsumexp(lps, 0))) < 1e-4
+
+
+@pytest.mark.parametrize("name,shape,levels", CASES, ids=IDS)
+def test_sampling(name, shape, levels):
+    model = make_tiny(name, shape, levels)
+    s1 = model.sample(3, generator=torch.Generator().manual_seed(7))
+    s2 = model.sample(3, generator=torch.Generator().manual_seed(7))
+    assert s1.shape == (3, *shape) and s1.dtype == torch.long
+    assert int(s1.min()) >= 0 and int(s1.max()) < levels
+    assert torch.equal(s1, s2), "same seed gave different samples"
+    s3 = model.sample(3, generator=torch.Generator().manual_seed(8))
+    assert not torch.equal(s1, s3)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_class_conditional(name):
+    shape, levels = tiny_shapes(name)[0]
+    model = make_tiny(name, shape, levels, num_classes=3)
+    x = random_images(model, 3)
+    y = torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        for p in model.parameters():  # untrained class biases are zero: make them matter
+            p.add_(0.1 * torch.randn_like(p))
+    lp = model.log_prob(x, y)
+    assert lp.shape == (3,)
+    assert not torch.allclose(lp, model.log_prob(x, torch.tensor([1, 2, 0])))
+    s = model.sample(3, y, generator=torch.Generator().manual_seed(0))
+    assert s.shape == (3, *shape)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_complete_keeps_known(name):
+    shape, levels = tiny_shapes(name)[0]
+    model = make_tiny(name, shape, levels)
+    x = random_images(model, 2)
+    known = torch.zeros(shape[1:], dtype=torch.bool)
+    known[: shape[1] // 2] = True
+    out = model.complete(x, known, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, :, known], x[:, :, known])
+    assert out.dtype == torch.long and int(out.max()) < levels
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_save_load_roundtrip(name, tmp_path):
+    shape, levels = tiny_shapes(name)[-1]
+    model = make_tiny(name, shape, levels)
+    x = random_images(model, 2)
+    argen.save(model, tmp_path / "run")
+    loaded = argen.load(tmp_path / "run").eval()
+    assert type(loaded) is type(model) and loaded.config == model.config
+    torch.testing.assert_close(loaded.log_prob(x), model.log_prob(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_training_lowers_loss(name):
+    shape, levels = tiny_shapes(name)[0]
+    model = make_tiny(name, shape, levels).train()
+    # structured data (each image one flat value) so that a few steps can make progress
+    x = (torch.arange(8) % levels).view(8, 1, 1, 1).expand(8, *shape).contiguous()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    first = float(model.loss(x))
+    for _ in range(30):
+        opt.zero_grad()
+        loss = model.loss(x)
+        loss.backward()
+        opt.step()
+    model.eval()
+    assert float(model.loss(x)) < first - 0.05, f"loss {first:.3f} -> {float(model.loss(x)):.3f}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bad_inputs_raise_value_error(name):
+    shape, levels = tiny_shapes(name)[0]
+    model = make_tiny(name, shape, levels)
+    x = random_images(model, 2)
+    with pytest.raises(ValueError, match="torch.long"):
+        model.log_prob(x.float())
+    with pytest.raises(ValueError, match="shape"):
+        model.log_prob(x[:, :, :-1])
+    with pytest.raises(ValueError, match=r"values in \[0"):
+        model.log_prob(x + levels)
+    with pytest.raises(ValueError, match="cond"):
+        model.log_prob(x, torch.tensor([0, 1]))  # built without classes
