@@ -7,7 +7,7 @@ checked against the naive one step by step.
 """
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -51,8 +51,15 @@ def autoregressive_fill(
     top_k: int | None = None,
     top_p: float | None = None,
     progress: bool = False,
+    choose: Callable[[Tensor, tuple[int, ...], int], Tensor] | None = None,
 ) -> Tensor:
-    """Fill `x` in place in the model's order (all of it, or where `known` is False)."""
+    """Fill `x` in place in the model's order (all of it, or where `known` is False).
+
+    `choose(log_probs (B, L), pos, channel) -> values (B,)` replaces random drawing when given
+    (the entropy decoder uses it to read values from a bit stream through this very loop). The
+    conditional handed to it sees channels >= `channel` at `pos` as zero, exactly as the encoder
+    reproduces it, so both sides compute bit-identical tables.
+    """
     dist = model.distribution
     order = model.generation_order()
     batch = x.shape[0]
@@ -62,12 +69,17 @@ def autoregressive_fill(
         if keep is not None and bool(keep.all()):
             stepper.skip(x, pos)
             continue
+        x[(slice(None), slice(None), *pos)] = torch.where(
+            keep[:, None], x[(slice(None), slice(None), *pos)], 0) if keep is not None else 0
         for c in range(model.channels):
             params = stepper.params_at(x, pos, c)
-            table = dist.conditionals(params, x[(slice(None), slice(None), *pos)])  # (B, C, L)
-            logits = process_logits(table[:, c], temperature, top_k, top_p)
-            u = torch.rand(batch, generator=generator, device=generator.device if generator else x.device)
-            value = draw(logits, u.to(x.device))
+            table = dist.conditionals(params, x[(slice(None), slice(None), *pos)])[:, c]  # (B, L)
+            if choose is not None:
+                value = choose(table, pos, c)
+            else:
+                logits = process_logits(table, temperature, top_k, top_p)
+                u = torch.rand(batch, generator=generator, device=generator.device if generator else x.device)
+                value = draw(logits, u.to(x.device))
             if keep is not None:
                 value = torch.where(keep, x[(slice(None), c, *pos)], value)
             x[(slice(None), c, *pos)] = value

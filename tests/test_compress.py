@@ -1,0 +1,89 @@
+"""Lossless compression: exact round trips, size near the model's NLL, clear errors."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import argen
+from argen.compress import CorruptFileError, ModelMismatchError, compress_arrays, decompress_arrays, read_container
+from tests.helpers import make_tiny
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = make_tiny("pixelcnn", (3, 5, 6), 8)
+    with torch.no_grad():  # sharpen a random net a little so the data are far from uniform
+        for p in m.parameters():
+            p.mul_(3.0)
+    return m
+
+
+def _images(levels: int, shape=(3, 5, 6)) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, levels, (3, *shape))
+    black = np.zeros((1, *shape), dtype=np.int64)
+    white = np.full((1, *shape), levels - 1)
+    return np.concatenate([noise, black, white]).astype(np.uint8)
+
+
+def test_round_trip_exact_including_adversarial(model):
+    imgs = _images(model.levels)
+    f = compress_arrays(model, imgs, batch_size=2)
+    out, names = decompress_arrays(model, f.to_bytes())
+    assert np.array_equal(out, imgs)
+    assert names == [f"image_{i:05d}" for i in range(len(imgs))]
+
+
+@pytest.mark.parametrize("name,shape,levels", [("pixelcnn", (1, 4, 4), 2), ("pixelcnn", (1, 6, 5), 256)])
+def test_round_trip_other_shapes(name, shape, levels):
+    m = make_tiny(name, shape, levels)
+    imgs = np.random.default_rng(1).integers(0, levels, (4, *shape)).astype(np.uint8)
+    out, _ = decompress_arrays(m, compress_arrays(m, imgs, names=list("abcd"), batch_size=3).to_bytes())
+    assert np.array_equal(out, imgs)
+
+
+def test_size_close_to_nll(model):
+    imgs = np.repeat(_images(model.levels), 4, axis=0)
+    f = compress_arrays(model, imgs, batch_size=8)
+    with torch.no_grad():
+        nll_bits = float(-model.log_prob(torch.as_tensor(imgs, dtype=torch.long)).sum()) / math.log(2)
+    payload_bits = 32 * len(f.words)
+    assert payload_bits <= nll_bits * 1.01 + 64
+    assert payload_bits >= nll_bits - 64
+
+
+def test_header_and_corruption_errors(model):
+    imgs = _images(model.levels)
+    data = compress_arrays(model, imgs).to_bytes()
+    f = read_container(data)
+    assert f.header["model"] == "pixelcnn" and f.header["shape"] == [3, 5, 6]
+    with pytest.raises(CorruptFileError, match="magic"):
+        read_container(b"XXXX" + data[4:])
+    with pytest.raises(CorruptFileError, match="too short"):
+        read_container(data[:5])
+    with pytest.raises(CorruptFileError, match="truncated"):
+        read_container(data[: len(data) - 2])
+    with pytest.raises(CorruptFileError):
+        decompress_arrays(model, data[: len(data) - 8])  # whole words missing
+    flipped = bytearray(data)
+    flipped[-3] ^= 0xFF
+    with pytest.raises(CorruptFileError):
+        decompress_arrays(model, bytes(flipped))
+
+
+def test_wrong_model_refused(model):
+    data = compress_arrays(model, _images(model.levels)).to_bytes()
+    other = make_tiny("pixelcnn", (3, 5, 6), 8)  # same config, different weights
+    with pytest.raises(ModelMismatchError, match="different|same checkpoint"):
+        decompress_arrays(other, data)
+
+
+def test_bad_images_rejected(model):
+    with pytest.raises(ValueError, match="shape"):
+        compress_arrays(model, np.zeros((2, 1, 5, 6), dtype=np.uint8))
+    with pytest.raises(ValueError, match="values"):
+        compress_arrays(model, np.full((1, 3, 5, 6), 200, dtype=np.uint8))
