@@ -1,0 +1,233 @@
+"""Names -> datasets: `load_dataset('mnist-dynbin')`, `list_datasets()` for `argen datasets`.
+
+A name is a base followed by zero or more view suffixes, applied left to right
+(`mnist-color-3bit` colours, then quantizes). Bases:
+
+  mnist            the 10,000 embedded digits (9,000 train / 1,000 test), 1x28x28, 256 levels
+  mnist-full       the full MNIST from IDX files in `root` (default <data home>/mnist;
+                   `argen.data.download_mnist()` fetches them)
+  fashion-mnist    IDX files in `root`, else Debian's /usr/share/datasets/fashion-mnist/
+                   (apt install dataset-fashion-mnist), else <data home>/fashion-mnist
+  cifar10          python pickle batches in `root` (default <data home>/cifar10)
+  moving-mnist     20-frame 64x64 clips of 2 embedded digits, (20, 1, 64, 64), unlabelled
+  folder:PATH      a folder of images (see readers.read_image_folder)
+  npy:PATH         a .npy / .npz array file (see readers.read_npy)
+
+For `folder:` and `npy:` a relative PATH is taken relative to `root` when given; view suffixes
+are split off PATH only when PATH itself does not exist. Splits are 'train', 'test' and 'all';
+they never depend on `seed`, which only drives random views and Moving MNIST.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from argen.data import readers
+from argen.data.dataset import ArgenDataset, ArraySource, Source
+from argen.data.embedded import embedded_mnist
+from argen.data.paths import DEBIAN_FASHION_MNIST, EMBEDDED_MNIST, data_home
+from argen.data.video import DEFAULT_NUM_SEQUENCES, MovingMnistConfig, MovingMnistSource
+from argen.data.views import VIEW_HELP, View, split_view_suffix
+
+MNIST_CLASSES = [str(i) for i in range(10)]
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot"]
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    description: str
+    shape: tuple[int, ...]  # () when it depends on the files
+    levels: int
+    num_classes: int | None
+    available: bool
+    location: str
+
+
+# ---------------------------------------------------------------------------------------------
+# where file-based data sets are found
+
+
+def _idx_present(folder: Path) -> bool:
+    try:
+        for prefix in ("train", "t10k"):
+            readers.find_idx(folder, prefix, "images")
+            readers.find_idx(folder, prefix, "labels")
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _cifar_present(folder: Path) -> bool:
+    names = readers.CIFAR10_BATCHES["train"] + readers.CIFAR10_BATCHES["test"]
+    return (any(all((d / n).is_file() for n in names) for d in (folder, folder / readers.CIFAR10_FOLDER))
+            or (folder / readers.CIFAR10_ARCHIVE).is_file())
+
+
+def _candidates(base: str, root: str | Path | None) -> list[Path]:
+    if root is not None:
+        return [Path(root).expanduser()]
+    if base == "fashion-mnist":
+        return [DEBIAN_FASHION_MNIST, data_home() / "fashion-mnist"]
+    return [data_home() / {"mnist-full": "mnist", "cifar10": "cifar10"}[base]]
+
+
+_HINTS = {
+    "mnist-full": "argen.data.download_mnist(root) fetches it",
+    "fashion-mnist": "install it with `apt install dataset-fashion-mnist`, or argen.data.download_fashion_mnist(root)",
+    "cifar10": "argen.data.download_cifar10(root) fetches it",
+}
+
+
+def _locate(base: str, root: str | Path | None) -> Path:
+    present = _cifar_present if base == "cifar10" else _idx_present
+    places = _candidates(base, root)
+    for p in places:
+        if p.is_dir() and present(p):
+            return p
+    raise FileNotFoundError(f"{base} not found in {', '.join(map(str, places))}; {_HINTS[base]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# bases: (split, root, seed) -> (source, class names)
+
+Base = Callable[[str, Path | None, int], tuple[Source, list[str] | None]]
+
+
+def _no_root(base: str, root: Path | None) -> None:
+    if root is not None:
+        raise ValueError(f"{base} is built from the embedded digits and takes no root, given root={root}; "
+                         "for MNIST files on disk use 'mnist-full'")
+
+
+def _mnist(split: str, root: Path | None, seed: int) -> tuple[Source, list[str] | None]:
+    _no_root("mnist", root)
+    images, labels = embedded_mnist(split)
+    return ArraySource(images[:, None], labels.astype("int64"), 256, 10), MNIST_CLASSES
+
+
+def _idx_base(base: str, classes: list[str]) -> Base:
+    def build(split: str, root: Path | None, seed: int) -> tuple[Source, list[str] | None]:
+        images, labels = readers.read_idx_split(_locate(base, root), split)
+        return ArraySource(images, labels, 256, 10), classes
+
+    return build
+
+
+def _cifar10(split: str, root: Path | None, seed: int) -> tuple[Source, list[str] | None]:
+    images, labels = readers.read_cifar10(_locate("cifar10", root), split)
+    return ArraySource(images, labels, 256, 10), CIFAR10_CLASSES
+
+
+def _moving_mnist(split: str, root: Path | None, seed: int) -> tuple[Source, list[str] | None]:
+    _no_root("moving-mnist", root)
+    digits, _ = embedded_mnist(split)
+    return MovingMnistSource(digits, split, seed, DEFAULT_NUM_SEQUENCES[split], MovingMnistConfig()), None
+
+
+def _folder(path: Path, split: str) -> tuple[Source, list[str] | None]:
+    images, labels, classes = readers.read_image_folder(path, split)
+    return ArraySource(images, labels, 256, None if classes is None else len(classes)), classes
+
+
+def _npy(path: Path, split: str) -> tuple[Source, list[str] | None]:
+    data, labels = readers.read_npy(path, split)
+    return ArraySource(data, labels, 256), None
+
+
+BASES: dict[str, Base] = {
+    "mnist": _mnist,
+    "mnist-full": _idx_base("mnist-full", MNIST_CLASSES),
+    "fashion-mnist": _idx_base("fashion-mnist", FASHION_MNIST_CLASSES),
+    "cifar10": _cifar10,
+    "moving-mnist": _moving_mnist,
+}
+PATH_BASES = {"folder": _folder, "npy": _npy}
+
+
+def _known_names() -> str:
+    bases = list(BASES) + [f"{p}:PATH" for p in PATH_BASES]
+    return f"bases: {', '.join(bases)}; view suffixes: {', '.join(VIEW_HELP)}"
+
+
+def parse_name(name: str, root: str | Path | None = None) -> tuple[str, Path | None, list[View]]:
+    """'mnist-color-3bit' -> ('mnist', None, [Colorize, Quantize(3)]); 'npy:x.npy' -> ('npy', path, [])."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"dataset name must be a non-empty string, given {name!r}; {_known_names()}")
+    name = name.strip()
+    kind, sep, rest = name.partition(":")
+    if sep and kind.lower() in PATH_BASES:
+        views: list[View] = []
+        path = Path(rest).expanduser()
+        if root is not None and not path.is_absolute():
+            path = Path(root).expanduser() / path
+        while not path.exists():
+            parsed = split_view_suffix(path.name)
+            if parsed is None or not parsed[0]:
+                break
+            path = path.with_name(parsed[0])
+            views.insert(0, parsed[1])
+        if not path.exists():
+            raise FileNotFoundError(f"{kind}: path {Path(rest)} does not exist (looked at {path})")
+        return kind.lower(), path, views
+    base, views = name.lower(), []
+    while base not in BASES:
+        parsed = split_view_suffix(base)
+        if parsed is None:
+            raise ValueError(f"unknown dataset {name!r}; {_known_names()}")
+        base = parsed[0]
+        views.insert(0, parsed[1])
+    return base, None, views
+
+
+def load_dataset(name: str, split: str = "train", *, root: str | None = None, seed: int = 0) -> ArgenDataset:
+    """A Dataset of (x: long tensor ds.shape, y: long 0-dim, -1 if unlabelled); see the module doc."""
+    readers.check_split(split)
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, given {seed!r}")
+    base, path, views = parse_name(name, root)
+    if path is not None:
+        source, classes = PATH_BASES[base](path, split)
+    else:
+        source, classes = BASES[base](split, None if root is None else Path(root).expanduser(), seed)
+    full = (f"{base}:{path}" if path is not None else base) + "".join(f"-{v.suffix}" for v in views)
+    return ArgenDataset(full, source, views, seed=seed, split=split, class_names=classes)
+
+
+def list_datasets(root: str | None = None) -> list[DatasetInfo]:
+    """What `argen datasets` shows: each base (and common views), whether its data is here, where."""
+
+    def where(base: str) -> tuple[bool, str]:
+        try:
+            return True, str(_locate(base, root))
+        except FileNotFoundError:
+            return False, " or ".join(str(p) for p in _candidates(base, root))
+
+    emb = (EMBEDDED_MNIST.is_file(), str(EMBEDDED_MNIST))
+    out = [
+        DatasetInfo("mnist", "10,000 embedded MNIST digits (9,000 train / 1,000 test), 8-bit grey",
+                    (1, 28, 28), 256, 10, *emb),
+        DatasetInfo("mnist-binary", "embedded MNIST, static binarization (v >= 128)", (1, 28, 28), 2, 10, *emb),
+        DatasetInfo("mnist-dynbin", "embedded MNIST, dynamically binarized, redrawn each epoch",
+                    (1, 28, 28), 2, 10, *emb),
+        DatasetInfo("mnist-4bit", "embedded MNIST quantized to 16 levels (any -Kbit, K=1..7)",
+                    (1, 28, 28), 16, 10, *emb),
+        DatasetInfo("mnist-color", "embedded MNIST, coloured digits on coloured backgrounds",
+                    (3, 28, 28), 256, 10, *emb),
+        DatasetInfo("moving-mnist", "Moving MNIST: 20 frames, 2 embedded digits bouncing on 64x64 "
+                    "(10,000 train / 1,000 test clips, generated)", (20, 1, 64, 64), 256, None, *emb),
+        DatasetInfo("mnist-full", "full MNIST, 60,000 train / 10,000 test, IDX files",
+                    (1, 28, 28), 256, 10, *where("mnist-full")),
+        DatasetInfo("fashion-mnist", "Fashion-MNIST, 60,000 train / 10,000 test, IDX files",
+                    (1, 28, 28), 256, 10, *where("fashion-mnist")),
+        DatasetInfo("cifar10", "CIFAR-10, 50,000 train / 10,000 test, python pickle batches",
+                    (3, 32, 32), 256, 10, *where("cifar10")),
+        DatasetInfo("folder:PATH", "a folder of same-size grey or RGB images; sub-folders are classes",
+                    (), 256, None, True, "PATH"),
+        DatasetInfo("npy:PATH", "uint8 array file .npy (+ <stem>_labels.npy) or .npz (images, labels)",
+                    (), 256, None, True, "PATH"),
+    ]
+    return out

@@ -1,0 +1,113 @@
+"""The one Dataset class behind every name `load_dataset` knows: a source of uint8 items plus a
+chain of views, returning `(x: long (C, H, W) or (T, C, H, W), y: long 0-dim)` per index."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from argen.data.views import View
+
+
+class Source(Protocol):
+    """Raw items before views: uint8 arrays of `item_shape` with values in [0, levels)."""
+
+    item_shape: tuple[int, ...]
+    levels: int
+    num_classes: int | None
+
+    def __len__(self) -> int: ...
+
+    def get(self, index: int) -> tuple[np.ndarray, int]: ...
+
+
+@dataclass
+class ArraySource:
+    """Items held in memory: data (N, *item_shape) uint8, labels (N,) ints or None (unlabelled)."""
+
+    data: np.ndarray
+    labels: np.ndarray | None = None
+    levels: int = 256
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.data.dtype != np.uint8 or self.data.ndim not in (4, 5):
+            raise ValueError(f"data must be uint8 (N, C, H, W) or (N, T, C, H, W), "
+                             f"given {self.data.dtype} {self.data.shape}")
+        if not 2 <= self.levels <= 256:
+            raise ValueError(f"levels must be in [2, 256], given {self.levels}")
+        if self.data.size and int(self.data.max()) >= self.levels:
+            raise ValueError(f"data values must lie in [0, {self.levels}), given max {int(self.data.max())}")
+        if self.labels is not None and self.labels.shape != (len(self.data),):
+            raise ValueError(f"labels must have shape ({len(self.data)},), given {self.labels.shape}")
+        if self.labels is not None and self.num_classes is None:
+            self.num_classes = int(self.labels.max()) + 1 if len(self.labels) else 0
+        self.item_shape = tuple(int(s) for s in self.data.shape[1:])
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def get(self, index: int) -> tuple[np.ndarray, int]:
+        return self.data[index], (-1 if self.labels is None else int(self.labels[index]))
+
+
+class ArgenDataset(Dataset):
+    """`ds[i] -> (x, y)`; see the data API: name, shape, levels, num_classes, set_epoch.
+
+    Randomness (dynamic binarization, colours) is keyed by (seed, epoch, index), never by call
+    order, so DataLoader workers and repeated reads agree. `set_epoch` must be called before the
+    DataLoader iterator is created (workers copy the dataset when they start).
+    """
+
+    def __init__(self, name: str, source: Source, views: Sequence[View] = (), *, seed: int = 0,
+                 split: str = "train", class_names: list[str] | None = None) -> None:
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, given {seed!r}")
+        self.name = name
+        self.split = split
+        self.source = source
+        self.views = tuple(views)
+        self.seed = seed
+        self.epoch = 0
+        self.class_names = class_names
+        self.num_classes: int | None = source.num_classes
+        channels, levels = source.item_shape[-3], source.levels
+        for v in self.views:
+            v.check(channels, levels)
+            channels, levels = v.out_channels(channels), v.out_levels(levels)
+        self.levels: int = levels
+        self.shape: tuple[int, ...] = (*source.item_shape[:-3], channels, *source.item_shape[-2:])
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Redraw dynamically binarized items for `epoch`; other views ignore it."""
+        if not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative int, given {epoch!r}")
+        self.epoch = int(epoch)
+
+    def raw(self, index: int) -> tuple[np.ndarray, int]:
+        """The uint8 item after views, and its label (-1 if unlabelled)."""
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {self.name} with {n} items")
+        index %= n
+        x, y = self.source.get(index)
+        levels = self.source.levels
+        for v in self.views:
+            x = v.apply(x, levels, seed=self.seed, epoch=self.epoch, index=index)
+            levels = v.out_levels(levels)
+        return x, y
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        x, y = self.raw(int(index))
+        return torch.from_numpy(np.ascontiguousarray(x)).long(), torch.tensor(y, dtype=torch.long)
+
+    def __repr__(self) -> str:
+        return (f"ArgenDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, shape={self.shape}, "
+                f"levels={self.levels}, num_classes={self.num_classes})")
