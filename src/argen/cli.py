@@ -1,0 +1,528 @@
+"""The `argen` command: train, eval, sample, complete, models, datasets.
+
+Each subcommand is a `register(subparsers)` function that adds its parser and sets `func`; the
+list `COMMANDS` holds the built-in ones and `COMMAND_MODULES` names other modules whose
+`register(subparsers)` adds more (metrics, compression), so those live next to their code.
+
+Exit codes: 0 ok, 2 bad usage or input (ValueError), 3 missing or corrupt file or checkpoint,
+130 interrupted (train saves a checkpoint first), 1 anything unexpected. Errors print one line,
+`argen: error: ...`, on stderr; `--debug` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FILE, EXIT_INTERRUPT = 0, 1, 2, 3, 130
+
+#: Modules contributing subcommands; each defines `register(subparsers) -> None`.
+COMMAND_MODULES: list[str] = []
+
+
+class CheckpointError(Exception):
+    """A run directory or checkpoint exists but cannot be used (corrupt or inconsistent)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """KeyboardInterrupt with a message for the user (e.g. where the checkpoint went)."""
+
+
+# ----- shared helpers -----------------------------------------------------------------------------
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def say(*parts: Any) -> None:
+    """Print on the main process only (torchrun starts one CLI per GPU)."""
+    if _is_main_process():
+        print(*parts, flush=True)
+
+
+def load_run(run: str | os.PathLike[str], device: Any = None) -> Any:
+    """Load a trained model; a missing run raises FileNotFoundError, a broken one CheckpointError."""
+    import argen
+    from argen.checkpoint import read_description
+
+    try:
+        read_description(run)
+        return argen.load(run, device=device)
+    except FileNotFoundError:
+        raise
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(str(e)) from None
+
+
+def run_description(run: str | os.PathLike[str]) -> dict[str, Any]:
+    from argen.checkpoint import read_description
+
+    try:
+        return read_description(run)
+    except ValueError as e:
+        raise CheckpointError(str(e)) from None
+
+
+def run_dataset(desc: dict[str, Any], data: str | None, root: str | None, split: str, model: Any) -> Any:
+    """The dataset a run was trained on (or `data`), checked against the model's shape and levels."""
+    from argen.data import load_dataset
+
+    name = data or desc.get("data")
+    if not name:
+        raise ValueError("this run does not record its dataset; pass --data NAME")
+    seed = int((desc.get("train") or {}).get("seed", 0))
+    ds = load_dataset(name, split, root=root or desc.get("data_root"), seed=seed)
+    if tuple(ds.shape) != tuple(model.data_shape) or ds.levels != model.levels:
+        raise ValueError(
+            f"dataset {name!r} has shape {tuple(ds.shape)} with {ds.levels} levels, "
+            f"expected the model's {tuple(model.data_shape)} with {model.levels} levels"
+        )
+    return ds
+
+
+def _device(spec: str) -> Any:
+    from argen.device import resolve_device
+
+    return resolve_device(spec)
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (default: auto)")
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0, help="random seed of the draw (default: 0)")
+    p.add_argument("--temperature", type=float, default=1.0, help="divide logits by this (default: 1.0)")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely values per sub-pixel")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the most likely mass p")
+    p.add_argument("--naive", action="store_true",
+                   help="use the reference sampler (one full forward pass per step) instead of the model's own")
+
+
+def _labels(model: Any, n: int, klass: int | None) -> Any:
+    """Class labels for n samples: all `klass`, or 0..C-1 cycling for a class-conditional model."""
+    import torch
+
+    classes = getattr(model.config, "num_classes", None)
+    if klass is not None:
+        if not classes:
+            raise ValueError("--class needs a class-conditional model; this one was trained without labels")
+        if not 0 <= klass < classes:
+            raise ValueError(f"--class must be in [0, {classes - 1}], given {klass}")
+        return torch.full((n,), klass, dtype=torch.long, device=model.device)
+    if classes:
+        return torch.arange(n, device=model.device) % classes
+    return None
+
+
+def _generate(model: Any, x: Any, known: Any, cond: Any, args: argparse.Namespace) -> Any:
+    """Sample (known=None) or complete with the model's own sampler, or the naive one with --naive."""
+    import torch
+
+    generator = torch.Generator().manual_seed(args.seed)
+    opts = dict(generator=generator, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
+    if not args.naive:
+        if known is None:
+            return model.sample(x.shape[0], cond, progress=True, **opts)
+        return model.complete(x, known, cond, progress=True, **opts)
+    from argen.sampling.logits import process_logits
+    from argen.sampling.naive import NaiveStepper, autoregressive_fill
+
+    process_logits(torch.zeros(1, model.levels), args.temperature, args.top_k, args.top_p)  # validate early
+    model.check_cond(cond, x.shape[0])
+    if known is not None:
+        model.check_input(x, cond)
+        known = model.check_known(known, x.shape[0])
+    model.eval()
+    with torch.no_grad():
+        return autoregressive_fill(model, x.clone(), known, cond, NaiveStepper(model, cond), progress=True, **opts)
+
+
+# ----- train ------------------------------------------------------------------------------------
+def register_train(sub: Any) -> None:
+    p = sub.add_parser("train", help="train a model on a dataset",
+                       description="Train MODEL; the image shape, levels and classes come from the dataset.")
+    p.add_argument("model", help="registered model name (see `argen models`)")
+    p.add_argument("--data", default=None, help="dataset name (see `argen datasets`; default: mnist)")
+    p.add_argument("--data-root", default=None, help="folder holding the dataset files, where it needs one")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (train.steps)")
+    p.add_argument("--batch-size", type=int, default=None, help="examples per step per process (train.batch_size)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (train.lr)")
+    p.add_argument("--seed", type=int, default=None, help="seed of init, data order and training (train.seed)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/MODEL-DATA)")
+    p.add_argument("--config", default=None, help='JSON or TOML file: {"model": {...}, "train": {...}}')
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override settings, e.g. model.hidden=64 train.lr=1e-3 train.grad_clip=none")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (starts fresh if there is none)")
+    p.add_argument("--overwrite", action="store_true", help="start over in a run directory that holds a run")
+    p.add_argument("--class-conditional", action="store_true", help="condition on the dataset's class labels")
+    _add_device(p)
+    p.set_defaults(func=cmd_train)
+
+
+def _data_slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("_") or "data"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from argen.data import load_dataset
+    from argen.registry import get_entry
+    from argen.train import TrainConfig, Trainer, clear_run_dir, has_checkpoint, load_config_file, merge_configs, \
+        parse_overrides
+    from argen.train import distributed as D
+    from argen.train.config import coerce_fields
+    from argen.train.trainer import RUN_FILES
+
+    entry = get_entry(args.model)  # unknown model: ValueError listing the names
+    layers = [load_config_file(args.config)] if args.config else []
+    layers.append(parse_overrides(args.set))
+    flags = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
+    layers.append({"train": {k: v for k, v in flags.items() if v is not None}})
+
+    run_dir = Path(args.out or f"runs/{args.model}-{_data_slug(args.data or 'mnist')}")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other")
+    resume = args.resume and has_checkpoint(run_dir)
+    data, root = args.data, args.data_root
+    if resume:
+        desc = run_description(run_dir)
+        if desc.get("model") != args.model:
+            raise ValueError(f"cannot resume {str(run_dir)!r} as {args.model!r}: it holds a {desc.get('model')!r} run")
+        stored_model = coerce_fields(entry.cls.config_class, dict(desc.get("config") or {}), section="model")
+        for layer in layers:
+            given = coerce_fields(entry.cls.config_class, dict(layer.get("model") or {}), section="model")
+            changed = sorted(k for k, v in given.items() if stored_model.get(k) != v)
+            if changed:
+                raise ValueError(f"model settings {changed} cannot change on --resume (the run has "
+                                 f"{ {k: stored_model.get(k) for k in changed} }); start a new run with --out")
+        if data is not None and desc.get("data") not in (None, data):
+            raise ValueError(f"cannot resume on --data {data!r}: the run trained on {desc.get('data')!r}")
+        data, root = desc.get("data") or data, root or desc.get("data_root")
+        stored = {"model": dict(desc.get("config") or {}), "train": dict(desc.get("train") or {})}
+        layers.insert(0, stored)
+    else:
+        if args.resume:
+            say(f"argen: no checkpoint in {run_dir}; starting a new run")
+        existing = [n for n in RUN_FILES if (run_dir / n).exists()]
+        if existing and not args.overwrite:
+            raise ValueError(f"run directory {str(run_dir)!r} already holds a run ({', '.join(existing)}); "
+                             "pass --resume to continue it or --overwrite to start over")
+        if existing and _is_main_process():
+            clear_run_dir(run_dir)
+    data = data or "mnist"
+    merged = merge_configs(*layers)
+    train_cfg = TrainConfig.from_dict(merged["train"])
+
+    train_ds = load_dataset(data, "train", root=root, seed=train_cfg.seed)
+    try:
+        test_ds = load_dataset(data, "test", root=root, seed=train_cfg.seed)
+    except (ValueError, FileNotFoundError) as e:
+        say(f"argen: no test split for {data!r} ({e}); training without evaluation")
+        test_ds = None
+
+    model_kw = dict(merged["model"])
+    given_classes = model_kw.pop("num_classes", None)
+    conditional = args.class_conditional or bool(given_classes)
+    shape_key = "video_shape" if len(train_ds.shape) == 4 else "image_shape"
+    config_fields = {f for f in entry.cls.config_class.__dataclass_fields__}
+    if shape_key not in config_fields:
+        raise ValueError(f"model {args.model!r} takes {'images' if shape_key == 'video_shape' else 'video'}, "
+                         f"given dataset {data!r} of shape {tuple(train_ds.shape)}")
+    for key in ("image_shape", "video_shape", "levels"):
+        model_kw.pop(key, None)  # these come from the dataset
+    if conditional:
+        if not train_ds.num_classes:
+            raise ValueError(f"--class-conditional needs a labelled dataset, given {data!r} without labels")
+        if given_classes and given_classes != train_ds.num_classes:
+            raise ValueError(f"model.num_classes must match the dataset's {train_ds.num_classes}, given {given_classes}")
+    model_kw = coerce_fields(entry.cls.config_class, model_kw, section="model")
+    model_kw.update({shape_key: tuple(train_ds.shape), "levels": train_ds.levels,
+                     "num_classes": train_ds.num_classes if conditional else None})
+
+    import argen
+
+    torch.manual_seed(train_cfg.seed)
+    model = argen.create_model(args.model, **model_kw)
+    trainer = Trainer(model, train_ds, train_cfg, run_dir=run_dir, eval_data=test_ds, device=args.device,
+                      resume=resume, extra={"data": data, "data_root": root})
+    n_params = sum(p.numel() for p in model.parameters())
+    say(f"argen: training {args.model} ({n_params:,} parameters) on {data} {tuple(train_ds.shape)} "
+        f"with {train_ds.levels} levels, "
+        f"device {trainer.device}, {trainer.dist.world_size} process(es); run directory {run_dir}"
+        + (f" (resuming at step {trainer.step})" if resume else ""))
+    try:
+        metrics = trainer.fit()
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted at step {trainer.step}; the last checkpoint is in {run_dir} "
+                          "(continue with --resume)") from None
+    finally:
+        D.cleanup()
+    summary = f"argen: done: {metrics['step']} steps"
+    if "train_bpd" in metrics:
+        summary += f", train {metrics['train_bpd']:.4f} bits/dim"
+    if "test_bpd" in metrics:
+        summary += f", test {metrics['test_bpd']:.4f} bits/dim ({metrics.get('test_n')} examples"
+        summary += ", exact)" if model.exact_likelihood else ", upper bound)"
+    say(summary + f"; checkpoint in {run_dir}")
+    return EXIT_OK
+
+
+# ----- eval -------------------------------------------------------------------------------------
+def register_eval(sub: Any) -> None:
+    p = sub.add_parser("eval", help="exact bits/dim of a trained model on a dataset split")
+    p.add_argument("run", help="run directory written by `argen train`")
+    p.add_argument("--data", default=None, help="dataset (default: the one the run trained on)")
+    p.add_argument("--data-root", default=None, help="folder holding the dataset files, where it needs one")
+    p.add_argument("--split", default="test", help="train or test (default: test)")
+    p.add_argument("--batch-size", type=int, default=100, help="examples per forward pass (default: 100)")
+    p.add_argument("--max-examples", type=int, default=None, help="evaluate the first N examples only")
+    _add_device(p)
+    p.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from torch.utils.data import DataLoader, Subset
+
+    from argen.checkpoint import atomic_write_json
+    from argen.metrics.bpd import evaluate_bpd
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, given {args.batch_size}")
+    if args.max_examples is not None and args.max_examples < 1:
+        raise ValueError(f"--max-examples must be >= 1, given {args.max_examples}")
+    device = _device(args.device)
+    model = load_run(args.run, device)
+    desc = run_description(args.run)
+    ds = run_dataset(desc, args.data, args.data_root, args.split, model)
+    if args.max_examples is not None:
+        ds = Subset(ds, range(min(len(ds), args.max_examples)))
+    result = evaluate_bpd(model, DataLoader(ds, batch_size=args.batch_size), device=device, progress=True)
+    exact = bool(model.exact_likelihood)
+    record = {"data": args.data or desc.get("data"), "split": args.split, "bpd": result["bpd"],
+              "nats": result["nats"], "n": result["n"], "exact": exact, "step": desc.get("step"),
+              "weights": "ema" if (Path(args.run) / "ema.safetensors").is_file() else "model"}
+    atomic_write_json(Path(args.run) / "eval.json", record)
+    kind = "exact likelihood" if exact else "upper bound: this model's likelihood is a bound"
+    print(f"{record['data']} {args.split}: {result['bpd']:.4f} bits/dim, {result['nats']:.2f} nats/example "
+          f"over {result['n']} examples ({kind})")
+    return EXIT_OK
+
+
+# ----- sample -----------------------------------------------------------------------------------
+def register_sample(sub: Any) -> None:
+    p = sub.add_parser("sample", help="draw samples from a trained model into an image grid")
+    p.add_argument("run", help="run directory written by `argen train`")
+    p.add_argument("-n", "--num", type=int, default=64, help="number of samples (default: 64)")
+    p.add_argument("-o", "--output", default="samples.png", help="output image (default: samples.png)")
+    p.add_argument("--class", dest="klass", type=int, default=None, metavar="K",
+                   help="class label for every sample (class-conditional models; default: cycle 0..C-1)")
+    p.add_argument("--nrow", type=int, default=None, help="images per grid row")
+    _add_sampling(p)
+    _add_device(p)
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from argen.data.images import save_grid
+
+    if args.num < 1:
+        raise ValueError(f"-n must be >= 1, given {args.num}")
+    model = load_run(args.run, _device(args.device)).eval()
+    cond = _labels(model, args.num, args.klass)
+    x0 = torch.zeros((args.num, *model.data_shape), dtype=torch.long, device=model.device)
+    x = _generate(model, x0, None, cond, args)
+    path = save_grid(x.cpu(), model.levels, args.output, nrow=args.nrow)
+    print(f"argen: wrote {args.num} samples to {path}")
+    return EXIT_OK
+
+
+# ----- complete ---------------------------------------------------------------------------------
+MASKS = ("top-half", "bottom-half", "left-half", "right-half", "center", "random")
+
+
+def hidden_mask(kind: str, n: int, spatial: Sequence[int], seed: int = 0) -> Any:
+    """(n, *spatial) bool, True where pixels are hidden (to be filled); the last two dims are H, W."""
+    import torch
+
+    *lead, h, w = spatial
+    rows = torch.arange(h)[:, None].expand(h, w)
+    cols = torch.arange(w)[None, :].expand(h, w)
+    if kind == "top-half":
+        m = rows < h // 2
+    elif kind == "bottom-half":
+        m = rows >= h // 2
+    elif kind == "left-half":
+        m = cols < w // 2
+    elif kind == "right-half":
+        m = cols >= w // 2
+    elif kind == "center":
+        m = (rows >= h // 4) & (rows < h - h // 4) & (cols >= w // 4) & (cols < w - w // 4)
+    elif kind == "random":
+        g = torch.Generator().manual_seed(seed)
+        return torch.rand((n, *spatial), generator=g) < 0.5
+    else:
+        raise ValueError(f"expected --mask in {MASKS}, given {kind!r}")
+    return m.expand(n, *lead, h, w).clone()
+
+
+def register_complete(sub: Any) -> None:
+    p = sub.add_parser("complete", help="fill in hidden parts of test images (grid: original, masked, completed)")
+    p.add_argument("run", help="run directory written by `argen train`")
+    p.add_argument("--mask", required=True, choices=MASKS, help="the region to hide and fill in")
+    p.add_argument("-n", "--num", type=int, default=8, help="number of images (default: 8)")
+    p.add_argument("-o", "--output", default="completions.png", help="output image (default: completions.png)")
+    p.add_argument("--data", default=None, help="dataset (default: the one the run trained on)")
+    p.add_argument("--data-root", default=None, help="folder holding the dataset files, where it needs one")
+    p.add_argument("--split", default="test", help="split the images come from (default: test)")
+    _add_sampling(p)
+    _add_device(p)
+    p.set_defaults(func=cmd_complete)
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    import torch
+
+    from argen.data.images import save_grid
+
+    if args.num < 1:
+        raise ValueError(f"-n must be >= 1, given {args.num}")
+    model = load_run(args.run, _device(args.device)).eval()
+    ds = run_dataset(run_description(args.run), args.data, args.data_root, args.split, model)
+    n = min(args.num, len(ds))
+    items = [ds[i] for i in range(n)]
+    x = torch.stack([it[0] for it in items]).to(model.device)
+    y = torch.stack([it[1] for it in items]).to(model.device)
+    cond = y if getattr(model.config, "num_classes", None) else None
+    hidden = hidden_mask(args.mask, n, model.spatial_shape, args.seed).to(model.device)
+    completed = _generate(model, x, ~hidden, cond, args)
+    fill = (model.levels - 1) // 2  # hidden pixels show as mid grey (black for binary data)
+    masked = x.masked_fill(hidden.unsqueeze(-3), fill)
+    grid = torch.cat([x, masked, completed]).cpu()
+    path = save_grid(grid, model.levels, args.output, nrow=n)
+    print(f"argen: wrote {n} completions ({args.mask} hidden) to {path}: rows are original, masked, completed")
+    return EXIT_OK
+
+
+# ----- models / datasets ------------------------------------------------------------------------
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def register_models(sub: Any) -> None:
+    p = sub.add_parser("models", help="list registered models")
+    p.set_defaults(func=cmd_models)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from argen.registry import get_entry, list_models
+
+    rows = []
+    for name in list_models():
+        e = get_entry(name)
+        rows.append([name, "exact" if getattr(e.cls, "exact_likelihood", True) else "bound", e.modality, e.description])
+    print(_table(rows, ["name", "likelihood", "data", "description"]))
+    return EXIT_OK
+
+
+def register_datasets(sub: Any) -> None:
+    p = sub.add_parser("datasets", help="list datasets and whether their files are available")
+    p.set_defaults(func=cmd_datasets)
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from argen.data import list_datasets
+
+    rows = []
+    for d in list_datasets():
+        shape = "x".join(str(v) for v in d.shape) if d.shape else "?"
+        rows.append([d.name, shape, str(d.levels), str(d.num_classes or "-"), "yes" if d.available else "no",
+                     d.description + (f" [{d.location}]" if d.location else "")])
+    print(_table(rows, ["name", "shape", "levels", "classes", "available", "description"]))
+    return EXIT_OK
+
+
+COMMANDS: list[Callable[[Any], None]] = [
+    register_train, register_eval, register_sample, register_complete, register_models, register_datasets,
+]
+
+
+# ----- entry point ------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse with the one-line error format of the rest of the CLI (exit 2 = usage)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"argen: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from argen import __version__
+
+    parser = _Parser(prog="argen", description="Autoregressive image and video generation.")
+    parser.add_argument("--version", action="version", version=f"argen {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for register in COMMANDS:
+        register(sub)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
+    # --debug is also accepted after the subcommand
+    for p in sub.choices.values():
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return parser
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"argen: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (the console script passes it to sys.exit)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, usage errors
+        return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except Interrupted as e:
+        return _fail(EXIT_INTERRUPT, str(e)) if not args.debug else _reraise(EXIT_INTERRUPT)
+    except KeyboardInterrupt:
+        return _fail(EXIT_INTERRUPT, "interrupted") if not args.debug else _reraise(EXIT_INTERRUPT)
+    except (FileNotFoundError, CheckpointError, IsADirectoryError, PermissionError) as e:
+        return _reraise(EXIT_FILE) if args.debug else _fail(EXIT_FILE, _message(e))
+    except ValueError as e:
+        return _reraise(EXIT_USAGE) if args.debug else _fail(EXIT_USAGE, _message(e))
+    except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
+        if args.debug:
+            return _reraise(EXIT_ERROR)
+        return _fail(EXIT_ERROR, f"unexpected {type(e).__name__}: {_message(e)} (run with --debug for the traceback)")
+
+
+def _message(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        text = f"{e.strerror}: {e.filename}"
+    return " ".join(text.split())  # one line
+
+
+def _reraise(code: int) -> int:
+    traceback.print_exc()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,481 @@
+"""The trainer: one loop for every model, in one process or under torchrun.
+
+It knows only the model contract (`loss`, `log_prob`, `sample`, `config`, `num_dims`): AdamW or
+Adam, a step-indexed learning-rate schedule, gradient clipping, Polyak averaging, periodic
+checkpoints, sample grids, test bits/dim, metrics.jsonl, TensorBoard and a tqdm bar in bits/dim.
+
+Resuming is exact: the data order is a function of (seed, epoch, rank), the learning rate a
+function of the step, and `train_state.pt` holds the weights, EMA, optimizer moments and every
+rank's RNG state at the checkpoint, so a killed run continued with `resume=True` ends with the
+same weights as one that was never interrupted (bit for bit on the CPU).
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import random
+import signal
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from argen.checkpoint import CONFIG_FILE, EMA_FILE, WEIGHTS_FILE, atomic_write_bytes, save
+from argen.device import resolve_device
+from argen.metrics.bpd import bits_per_dim, evaluate_bpd
+from argen.train import distributed as D
+from argen.train.config import TrainConfig
+from argen.train.ema import EMA
+from argen.train.sampler import ResumableSampler
+from argen.train.schedule import lr_at
+
+STATE_FILE = "train_state.pt"
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_DIR = "samples"
+TENSORBOARD_DIR = "tb"
+STATE_FORMAT = "argen-train-state"
+#: Files a run directory may hold; `clear_run_dir` removes only these.
+RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, EMA_FILE, STATE_FILE, METRICS_FILE, "eval.json")
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (weight decay on tensors with dim >= 2 only, the nanoGPT rule) or Adam."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("expected a model with trainable parameters, given none")
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, betas=config.betas)
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas)
+
+
+def has_checkpoint(run_dir: str | os.PathLike[str]) -> bool:
+    return (Path(run_dir) / STATE_FILE).is_file()
+
+
+def clear_run_dir(run_dir: str | os.PathLike[str]) -> None:
+    """Remove the files a previous run wrote (and nothing else) so a new run can start there."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for name in (SAMPLES_DIR, TENSORBOARD_DIR):
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class _InterruptFlag:
+    """Turns the first Ctrl-C into a flag the loop checks between steps (a clean checkpoint);
+    a second Ctrl-C interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> "_InterruptFlag":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("argen: stopping after this step to save a checkpoint (Ctrl-C again to abort now)")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Trainer:
+    """Train `model` on `train_data` (a Dataset of (x, y) pairs) as `config` says.
+
+    `run_dir` receives checkpoints and logs (None: train in memory only). With `resume=True` the
+    trainer continues from `run_dir/train_state.pt`. `extra` is stored in `config.json` next to
+    the model description (the CLI records the dataset name there).
+    """
+
+    def __init__(self, model: nn.Module, train_data: Dataset, config: TrainConfig | None = None, *,
+                 run_dir: str | os.PathLike[str] | None = None, eval_data: Dataset | None = None,
+                 device: str | torch.device | None = "auto", resume: bool = False,
+                 extra: dict[str, Any] | None = None) -> None:
+        self.config = config = config or TrainConfig()
+        config.validate()
+        self.device = resolve_device(device)
+        self.dist = D.setup(self.device)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.extra = dict(extra or {})
+        self.train_data, self.eval_data = train_data, eval_data
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+
+        # Training randomness (dropout, ...) differs per rank; model weights are made equal by DDP.
+        torch.manual_seed(config.seed + self.dist.rank)
+        random.seed(config.seed + self.dist.rank)
+        np.random.seed((config.seed + self.dist.rank) % 2**32)
+
+        self.model = model.to(self.device).train()
+        self.loss_module = D.wrap_for_training(self.model, self.device, self.dist, config.find_unused_parameters)
+        self.optimizer = build_optimizer(self.model, config)
+        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup) if config.ema_decay is not None else None
+        self.step = 0
+        self.metrics: dict[str, Any] = {}
+        self._last_saved_step: int | None = None
+        self._in_update = False
+
+        self.sampler = ResumableSampler(len(train_data), config.batch_size, self.dist.rank, self.dist.world_size,
+                                        seed=config.seed)
+        self.steps_per_epoch = self.sampler.steps_per_epoch
+        # A private generator keeps the DataLoader from drawing on the global RNG at each epoch,
+        # which would shift the dropout stream between a resumed and an uninterrupted run.
+        self.loader = DataLoader(
+            train_data, batch_size=config.batch_size, sampler=self.sampler, drop_last=True,
+            num_workers=config.num_workers, pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+        if resume:
+            if self.run_dir is None or not has_checkpoint(self.run_dir):
+                raise FileNotFoundError(f"nothing to resume: no {STATE_FILE} in {str(self.run_dir)!r}")
+            self.load_state(self.run_dir / STATE_FILE)
+        self._writer: Any = None
+        self._writer_ready = False
+
+    # ----- properties ----------------------------------------------------------------------
+    @property
+    def is_main(self) -> bool:
+        return self.dist.is_main
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights to evaluate and sample with: the Polyak average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _cond(self, y: Tensor | None) -> Tensor | None:
+        """Labels go to the model only when it was built class-conditional."""
+        if y is None or not getattr(self.model.config, "num_classes", None):
+            return None
+        return y.to(self.device, non_blocking=True)
+
+    # ----- the loop ------------------------------------------------------------------------
+    def train_step(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """One optimizer update; returns the detached loss (nats/dim) and the gradient norm."""
+        x = x.to(self.device, non_blocking=True)
+        cond = self._cond(y)
+        lr = lr_at(self.step, self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_module(x, cond)
+        loss.backward()
+        grad_norm = None
+        if self.config.grad_clip is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self._in_update = True  # from here until the step count moves, the state is mid-update
+        self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        self._in_update = False
+        return loss.detach(), (grad_norm.detach() if grad_norm is not None else None)
+
+    def fit(self) -> dict[str, Any]:
+        """Train up to `config.steps`, then evaluate, checkpoint and sample; returns the metrics.
+
+        Ctrl-C (SIGINT) stops at the next step boundary after writing a checkpoint, then raises
+        KeyboardInterrupt.
+        """
+        cfg = self.config
+        if self.is_main and self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        bar = tqdm(total=cfg.steps, initial=min(self.step, cfg.steps), desc="train", unit="step",
+                   disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        norm_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        count, t_last = 0, time.perf_counter()
+        try:
+            with _InterruptFlag() as interrupt:
+                while self.step < cfg.steps:
+                    epoch, start = divmod(self.step, self.steps_per_epoch)
+                    self.sampler.set_position(epoch, start)
+                    if hasattr(self.train_data, "set_epoch"):
+                        self.train_data.set_epoch(epoch)  # dynamic binarization redraws per epoch
+                    for x, y in self.loader:
+                        loss, grad_norm = self.train_step(x, y)
+                        loss_sum += loss.double()
+                        if grad_norm is not None:
+                            norm_sum += grad_norm.double()
+                        count += 1
+                        bar.update(1)
+                        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                            now = time.perf_counter()
+                            self._log_train(bar, loss_sum, norm_sum, count, now - t_last)
+                            loss_sum.zero_(), norm_sum.zero_()
+                            count, t_last = 0, now
+                        self._periodic()
+                        if self._interrupt_requested(interrupt):
+                            # every rank is at this boundary, so the full (collective) save works
+                            if self.run_dir is not None and self._last_saved_step != self.step:
+                                self.save_checkpoint()
+                            raise KeyboardInterrupt
+                        if self.step >= cfg.steps:
+                            break
+        except KeyboardInterrupt:
+            bar.close()
+            self._save_on_interrupt()
+            raise
+        finally:
+            bar.close()
+        if self.run_dir is not None and self._last_saved_step != self.step:
+            self.save_checkpoint()  # before the final eval, so an interrupt there loses nothing
+        if self.eval_data is not None:
+            self.evaluate_and_log()
+            if self.run_dir is not None:
+                self.save_checkpoint()  # again, now with the test metrics in config.json
+        if cfg.sample_every is not None and self.run_dir is not None:
+            self.sample_grid()
+        self._close_writer()
+        return dict(self.metrics, step=self.step)
+
+    def _interrupt_requested(self, interrupt: _InterruptFlag) -> bool:
+        # Every rank must stop at the same step, so the flag is agreed on over the group.
+        if not self.dist.enabled:
+            return interrupt.requested
+        return D.all_reduce_sum([float(interrupt.requested)], self.device)[0] > 0
+
+    def _save_on_interrupt(self) -> None:
+        """Checkpoint the last whole step, unless the interrupt landed inside an update."""
+        if self.run_dir is None or self._in_update or self._last_saved_step == self.step:
+            return
+        try:
+            self.save_checkpoint(gather_rng=False)
+        except Exception as e:  # the interrupt is the news; a failed save must not hide it
+            warnings.warn(f"could not save a checkpoint on interrupt: {e}")
+
+    def _periodic(self) -> None:
+        cfg, s = self.config, self.step
+        if cfg.eval_every and s % cfg.eval_every == 0 and s < cfg.steps and self.eval_data is not None:
+            self.evaluate_and_log()
+        if self.run_dir is None or s >= cfg.steps:
+            return  # the end of fit() checkpoints and samples once
+        if s % cfg.checkpoint_every == 0:
+            self.save_checkpoint()
+        if cfg.sample_every and s % cfg.sample_every == 0:
+            self.sample_grid()
+
+    # ----- logging -------------------------------------------------------------------------
+    def _log_train(self, bar: Any, loss_sum: Tensor, norm_sum: Tensor, count: int, seconds: float) -> None:
+        totals = D.all_reduce_sum([float(loss_sum), float(norm_sum)], self.device)
+        world = self.dist.world_size
+        nats = totals[0] / (count * world)
+        if not math.isfinite(nats):
+            raise FloatingPointError(f"training loss is {nats} at step {self.step}; lower train.lr or set train.grad_clip")
+        record = {
+            "step": self.step,
+            "train_bpd": float(bits_per_dim(-nats, 1)),
+            "lr": lr_at(self.step - 1, self.config),
+            "examples_per_s": count * self.config.batch_size * world / max(seconds, 1e-9),
+        }
+        if self.config.grad_clip is not None:
+            record["grad_norm"] = totals[1] / (count * world)
+        self.metrics["train_bpd"] = record["train_bpd"]
+        bar.set_postfix(bpd=f"{record['train_bpd']:.4f}", lr=f"{record['lr']:.2e}")
+        self.log(record)
+
+    def log(self, record: dict[str, Any]) -> None:
+        """Append one record to metrics.jsonl and TensorBoard (main process, with a run_dir)."""
+        if not self.is_main or self.run_dir is None:
+            return
+        with open(self.run_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+        writer = self._tensorboard()
+        if writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    writer.add_scalar(key.replace("_", "/", 1), value, record["step"])
+
+    def _tensorboard(self) -> Any:
+        if not self._writer_ready:
+            self._writer_ready = True
+            if self.config.tensorboard and self.is_main and self.run_dir is not None:
+                from torch.utils.tensorboard import SummaryWriter
+
+                # purge_step drops events a killed run logged after the checkpoint we resumed from
+                self._writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=self.step or None)
+        return self._writer
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer, self._writer_ready = None, False
+
+    # ----- evaluation and samples ----------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, data: Dataset | None = None, max_examples: int | None = -1) -> dict[str, Any]:
+        """Exact bits/dim of the evaluation weights on the first `max_examples` of `data`.
+
+        Examples are split over ranks and the totals summed, so every rank returns the same
+        number. `max_examples=-1` means `config.eval_examples`.
+        """
+        data = data if data is not None else self.eval_data
+        if data is None:
+            raise ValueError("expected evaluation data, given none")
+        limit = self.config.eval_examples if max_examples == -1 else max_examples
+        n = len(data) if limit is None else min(len(data), limit)
+        shard = Subset(data, range(self.dist.rank, n, self.dist.world_size))
+        total, count = 0.0, 0
+        if len(shard):
+            loader = DataLoader(shard, batch_size=self.config.eval_batch_size, shuffle=False,
+                                num_workers=self.config.num_workers)
+            result = evaluate_bpd(self.eval_model, loader, device=self.device)
+            total, count = result["nats"] * result["n"], result["n"]
+        total, count = D.all_reduce_sum([total, float(count)], self.device)
+        if count == 0:
+            raise ValueError("expected at least one evaluation example, given none")
+        nats = total / count
+        return {"bpd": float(bits_per_dim(-nats, self.model.num_dims)), "nats": nats, "n": int(count)}
+
+    def evaluate_and_log(self) -> dict[str, Any]:
+        result = self.evaluate()
+        self.metrics.update(test_bpd=result["bpd"], test_nats=result["nats"], test_n=result["n"])
+        self.log({"step": self.step, "test_bpd": result["bpd"], "test_nats": result["nats"]})
+        if self.is_main and self.config.progress:
+            tqdm.write(f"step {self.step}: test bits/dim {result['bpd']:.4f} ({result['n']} examples)")
+        return result
+
+    @torch.no_grad()
+    def sample_grid(self) -> Path | None:
+        """Write `samples/step_XXXXXXX.png` from the evaluation weights (main process only).
+
+        A private generator seeded by `config.seed` leaves the training RNG untouched.
+        """
+        if not self.is_main or self.run_dir is None:
+            return None
+        from argen.data.images import save_grid
+
+        model = self.eval_model
+        n = self.config.num_samples
+        classes = getattr(model.config, "num_classes", None)
+        cond = (torch.arange(n) % classes).to(self.device) if classes else None
+        generator = torch.Generator().manual_seed(self.config.seed)
+        x = model.sample(n, cond, generator=generator)
+        path = self.run_dir / SAMPLES_DIR / f"step_{self.step:07d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_grid(x.cpu(), model.levels, path)
+        return path
+
+    # ----- checkpoints ---------------------------------------------------------------------
+    def save_checkpoint(self, gather_rng: bool = True) -> None:
+        """Write train_state.pt (everything to resume), then the safetensors checkpoint.
+
+        The resume file holds its own copy of the weights, so a kill between the two writes never
+        pairs weights of one step with optimizer moments of another. `gather_rng=False` skips the
+        collective (used on interrupt, when other ranks may be gone): ranks other than 0 then
+        reseed deterministically on resume.
+        """
+        rng = _rng_state(self.device)
+        rngs = D.all_gather_object(rng) if gather_rng else [rng] + [None] * (self.dist.world_size - 1)
+        if self.is_main and self.run_dir is not None:
+            state = {
+                "format": STATE_FORMAT,
+                "format_version": 1,
+                "step": self.step,
+                "model_name": getattr(self.model, "model_name", None),
+                "model_config": self.model.config.to_dict(),
+                "train_config": self.config.to_dict(),
+                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "optimizer": self.optimizer.state_dict(),
+                "rng": rngs,
+                "world_size": self.dist.world_size,
+                "metrics": dict(self.metrics),
+            }
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            atomic_write_bytes(self.run_dir / STATE_FILE, buffer.getvalue())
+            save(self.model, self.run_dir, step=self.step, ema=self.ema.module if self.ema is not None else None,
+                 train=self.config.to_dict(), metrics=dict(self.metrics), **self.extra)
+        self._last_saved_step = self.step
+
+    def load_state(self, path: str | os.PathLike[str]) -> None:
+        """Restore weights, EMA, optimizer, step and RNG from a train_state.pt."""
+        path = Path(path)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise
+        except Exception as e:
+            raise ValueError(f"corrupt checkpoint: cannot read {path} ({type(e).__name__}: {e})") from None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise ValueError(f"corrupt checkpoint: {path} is not an argen training state")
+        name = getattr(self.model, "model_name", None)
+        if state["model_name"] != name or state["model_config"] != self.model.config.to_dict():
+            raise ValueError(
+                f"cannot resume: {path} holds model {state['model_name']!r} with config {state['model_config']}, "
+                f"given model {name!r} with config {self.model.config.to_dict()}"
+            )
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            if state["ema"] is not None:
+                self.ema.load_state_dict(state["ema"])
+            else:  # EMA switched on at resume: start the average from the current weights
+                self.ema = EMA(self.model, self.config.ema_decay, self.config.ema_warmup)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.metrics = dict(state.get("metrics") or {})
+        self._last_saved_step = self.step
+        rngs = state.get("rng") or []
+        mine = rngs[self.dist.rank] if state.get("world_size") == self.dist.world_size and self.dist.rank < len(rngs) else None
+        if mine is not None:
+            _set_rng_state(mine, self.device)
+        else:
+            if self.dist.is_main:
+                warnings.warn("the saved RNG state does not cover this process; reseeding (resume is not bit-exact)")
+            torch.manual_seed(self.config.seed + 1000003 * self.step + self.dist.rank)
+        if self.is_main and self.run_dir is not None:
+            self._truncate_metrics(self.step)
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metrics a killed run logged after the checkpoint we resume from."""
+        path = self.run_dir / METRICS_FILE
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the kill
+        atomic_write_bytes(path, ("\n".join(kept) + "\n" if kept else "").encode())
+
+
+def train(model: nn.Module, train_data: Dataset, config: TrainConfig | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Convenience: `Trainer(model, train_data, config, **kwargs).fit()`."""
+    return Trainer(model, train_data, config, **kwargs).fit()
