@@ -21,11 +21,11 @@ from typing import Any, Callable, Sequence
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FILE, EXIT_INTERRUPT = 0, 1, 2, 3, 130
 
 #: Modules contributing subcommands; each defines `register(subparsers) -> None`.
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["argen.compress.commands"]
 
 
 class CheckpointError(Exception):
-    """A run directory or checkpoint exists but cannot be used (corrupt or inconsistent)."""
+    """A run directory, checkpoint or data file exists but cannot be used (corrupt or inconsistent)."""
 
 
 class Interrupted(KeyboardInterrupt):
