@@ -326,3 +326,19 @@ def test_adam_and_weight_decay_groups():
     decayed = {id(p) for g in adamw.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decayed and all(p.dim() >= 2 for p in model.parameters() if id(p) in decayed)
     assert isinstance(build_optimizer(model, TrainConfig(optimizer="adam")), torch.optim.Adam)
+
+
+def test_time_limit_stops_early(tmp_path):
+    """A wall-clock budget ends training at a step boundary, checkpointed (benchmarks use it)."""
+    import argen
+    from argen.registry import tiny_kwargs
+    from argen.train import TrainConfig, Trainer
+
+    model = argen.create_model("pixelcnn", image_shape=(1, 8, 8), levels=4, **tiny_kwargs("pixelcnn"))
+    data = torch.utils.data.TensorDataset(torch.randint(0, 4, (64, 1, 8, 8)), torch.zeros(64, dtype=torch.long))
+    data.shape, data.levels, data.num_classes = (1, 8, 8), 4, None
+    cfg = TrainConfig(steps=100_000, batch_size=4, time_limit=0.5, progress=False, tensorboard=False,
+                      sample_every=None, warmup_steps=0)
+    out = Trainer(model, data, cfg, run_dir=tmp_path / "run").fit()
+    assert 0 < out["step"] < 100_000
+    assert argen.load(tmp_path / "run").checkpoint_step == out["step"]

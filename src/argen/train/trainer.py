@@ -205,6 +205,13 @@ class Trainer:
         self._in_update = False
         return loss.detach(), (grad_norm.detach() if grad_norm is not None else None)
 
+    def _time_is_up(self, t_start: float, limit: float) -> bool:
+        """True once `limit` seconds have passed; under DDP every rank follows rank 0's clock."""
+        up = float(time.perf_counter() - t_start >= limit) if self.is_main else 0.0
+        if self.dist.enabled:
+            up = D.all_reduce_sum([up], self.device)[0]
+        return up > 0
+
     def fit(self) -> dict[str, Any]:
         """Train up to `config.steps`, then evaluate, checkpoint and sample; returns the metrics.
 
@@ -219,9 +226,10 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         norm_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         count, t_last = 0, time.perf_counter()
+        t_start, out_of_time = t_last, False
         try:
             with _InterruptFlag() as interrupt:
-                while self.step < cfg.steps:
+                while self.step < cfg.steps and not out_of_time:
                     epoch, start = divmod(self.step, self.steps_per_epoch)
                     self.sampler.set_position(epoch, start)
                     if hasattr(self.train_data, "set_epoch"):
@@ -245,6 +253,9 @@ class Trainer:
                                 self.save_checkpoint()
                             raise KeyboardInterrupt
                         if self.step >= cfg.steps:
+                            break
+                        if cfg.time_limit is not None and self._time_is_up(t_start, cfg.time_limit):
+                            out_of_time = True
                             break
         except KeyboardInterrupt:
             bar.close()
