@@ -123,22 +123,11 @@ def _generate(model: Any, x: Any, known: Any, cond: Any, args: argparse.Namespac
     import torch
 
     generator = torch.Generator().manual_seed(args.seed)
-    opts = dict(generator=generator, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    if not args.naive:
-        if known is None:
-            return model.sample(x.shape[0], cond, progress=True, **opts)
-        return model.complete(x, known, cond, progress=True, **opts)
-    from argen.sampling.logits import process_logits
-    from argen.sampling.naive import NaiveStepper, autoregressive_fill
-
-    process_logits(torch.zeros(1, model.levels), args.temperature, args.top_k, args.top_p)  # validate early
-    model.check_cond(cond, x.shape[0])
-    if known is not None:
-        model.check_input(x, cond)
-        known = model.check_known(known, x.shape[0])
-    model.eval()
-    with torch.no_grad():
-        return autoregressive_fill(model, x.clone(), known, cond, NaiveStepper(model, cond), progress=True, **opts)
+    opts = dict(generator=generator, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                naive=args.naive, progress=True)
+    if known is None:
+        return model.sample(x.shape[0], cond, **opts)
+    return model.complete(x, known, cond, **opts)
 
 
 # ----- train ------------------------------------------------------------------------------------

@@ -166,13 +166,18 @@ class ARModel(nn.Module, abc.ABC):
         top_k: int | None = None,
         top_p: float | None = None,
         progress: bool = False,
+        naive: bool = False,
     ) -> Tensor:
-        """Draw `n` images (n, C, H, W) long in [0, levels)."""
+        """Draw `n` images (n, C, H, W) long in [0, levels).
+
+        `naive=True` uses the reference sampler (a full forward pass per step) instead of the
+        model's own (cached) stepper; both give identical samples from the same generator.
+        """
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"expected n >= 1, given {n!r}")
         self.check_cond(cond, n)
         x = torch.zeros((n, *self.data_shape), dtype=torch.long, device=self.device)
-        return self._generate(x, None, cond, generator, temperature, top_k, top_p, progress)
+        return self._generate(x, None, cond, generator, temperature, top_k, top_p, progress, naive)
 
     @torch.no_grad()
     def complete(
@@ -186,6 +191,7 @@ class ARModel(nn.Module, abc.ABC):
         top_k: int | None = None,
         top_p: float | None = None,
         progress: bool = False,
+        naive: bool = False,
     ) -> Tensor:
         """Fill the pixels where `known` (B, H, W) or (H, W) bool is False; keep the rest.
 
@@ -194,7 +200,7 @@ class ARModel(nn.Module, abc.ABC):
         """
         self.check_input(x, cond)
         known = self.check_known(known, x.shape[0])
-        return self._generate(x.clone(), known, cond, generator, temperature, top_k, top_p, progress)
+        return self._generate(x.clone(), known, cond, generator, temperature, top_k, top_p, progress, naive)
 
     def check_known(self, known: Tensor, batch: int) -> Tensor:
         """Validate a pixel-level known mask and broadcast it to (B, *spatial)."""
@@ -208,14 +214,16 @@ class ARModel(nn.Module, abc.ABC):
         return known.to(self.device)
 
     def _generate(self, x: Tensor, known: Tensor | None, cond: Tensor | None, generator: torch.Generator | None,
-                  temperature: float, top_k: int | None, top_p: float | None, progress: bool) -> Tensor:
-        from argen.sampling.naive import autoregressive_fill
+                  temperature: float, top_k: int | None, top_p: float | None, progress: bool,
+                  naive: bool = False) -> Tensor:
+        from argen.sampling.naive import NaiveStepper, autoregressive_fill
 
         was_training = self.training
         self.eval()
         try:
             return autoregressive_fill(
-                self, x, known, cond, self.stepper(cond), generator=generator, temperature=temperature,
+                self, x, known, cond, NaiveStepper(self, cond) if naive else self.stepper(cond),
+                generator=generator, temperature=temperature,
                 top_k=top_k, top_p=top_p, progress=progress,
             )
         finally:
