@@ -56,3 +56,11 @@ class MaskedConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(x, self.weight * self.mask, self.bias, self.stride, self.padding)
+
+
+def masked_output_head(width: int, head: int, out: int, groups: int) -> nn.Sequential:
+    """The PixelCNN/PixelRNN output: ReLU, 1x1 mask-B conv, ReLU, 1x1 mask-B conv to `out` params."""
+    return nn.Sequential(
+        nn.ReLU(), MaskedConv2d(width, head, 1, "B", groups),
+        nn.ReLU(), MaskedConv2d(head, out, 1, "B", groups),
+    )

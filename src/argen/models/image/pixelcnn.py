@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from argen.distributions import Categorical
 from argen.models.base import ARModel, ModelConfig
-from argen.nn import ClassEmbedding, MaskedConv2d, scale_input
+from argen.nn import ClassEmbedding, MaskedConv2d, masked_output_head, scale_input
 from argen.registry import register_model
 
 
@@ -63,10 +63,7 @@ class PixelCNN(ARModel):
         self.input = MaskedConv2d(c, cfg.hidden, cfg.first_kernel, "A", c)
         self.class_bias = ClassEmbedding(cfg.num_classes, cfg.hidden)
         self.blocks = nn.Sequential(*[MaskedResidualBlock(cfg.hidden, c) for _ in range(cfg.n_blocks)])
-        self.head = nn.Sequential(
-            nn.ReLU(), MaskedConv2d(cfg.hidden, cfg.head, 1, "B", c),
-            nn.ReLU(), MaskedConv2d(cfg.head, self.distribution.num_params, 1, "B", c),
-        )
+        self.head = masked_output_head(cfg.hidden, cfg.head, self.distribution.num_params, c)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         h = self.input(scale_input(x, self.levels))
