@@ -1,0 +1,201 @@
+"""Image Transformer (Parmar et al., 2018): a decoder-only transformer over sub-pixels.
+
+The image is a sequence of N = C*H*W sub-pixels in the model's generation order (pixels in
+raster order, or block by block for 2D local attention; channels innermost). The sequence is
+shifted right by one behind a start token: slot s holds sub-pixel s-1 and predicts sub-pixel s,
+so with attention that never looks past its own slot, sub-pixel s is predicted from sub-pixels
+< s only. Each slot's input is
+
+    value embedding of sub-pixel s-1 (one table per channel; the start token has its own row)
+  + position embedding of sub-pixel s (row + column + channel, learned or sinusoidal)
+  + class embedding (conditional models).
+
+The class embedding goes into every slot, not only the start token, because local attention
+cannot see the start token from far away (Parmar et al. also add it to every input).
+
+Attention (`attention=`), from `argen.nn.attention`, on slots:
+- "full": slot s attends to slots <= s (small images).
+- "local1d": query blocks of `block_length` slots; slot s attends to slots in
+  [block_start - memory_length, s]. With the shift, one layer at s reads the values of
+  sub-pixels [block_start - memory_length - 1, s - 1].
+- "local2d": query blocks of (block_h, block_w) pixels, generated block by block
+  (`generation_order()` returns that order); slot s attends to earlier slots whose sub-pixel lies
+  in its block's memory region (block_h + memory_h rows: memory_h above the block; columns from
+  memory_w left of the block to memory_w right of it). One layer at s reads the values of the
+  sub-pixels one step before those slots in the order.
+
+Layers stack, so the receptive field grows with depth (as in the paper). The per-slot L-way
+logits are put back in the (B, C*L, H, W) layout of `argen.distributions.Categorical`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from argen.distributions import Categorical
+from argen.models.base import ARModel, ModelConfig
+from argen.nn import ClassEmbedding
+from argen.nn.attention import (
+    AttentionPattern,
+    CausalPattern,
+    KVCache,
+    Local1DPattern,
+    Local2DPattern,
+    TransformerBlock,
+)
+from argen.nn.unet import sinusoidal_embedding
+from argen.registry import register_model
+
+ATTENTION_KINDS = ("full", "local1d", "local2d")
+POSITION_KINDS = ("learned", "sinusoidal")
+
+
+@dataclass
+class ImageTransformerConfig(ModelConfig):
+    d_model: int = 256
+    n_layers: int = 8
+    n_heads: int = 8
+    d_ff: int = 1024
+    dropout: float = 0.1
+    attention: str = "local1d"
+    block_length: int = 256  # local1d: query block, in sub-pixels
+    memory_length: int = 512  # local1d: sub-pixels before the block each query block sees
+    block_h: int = 8  # local2d: query block, in pixels
+    block_w: int = 8
+    memory_h: int = 8  # local2d: rows above the block in the memory region
+    memory_w: int = 8  # local2d: columns left and right of the block in the memory region
+    pos_embedding: str = "learned"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, given {self.attention!r}")
+        if self.pos_embedding not in POSITION_KINDS:
+            raise ValueError(f"pos_embedding must be one of {POSITION_KINDS}, given {self.pos_embedding!r}")
+        if self.d_model < 1 or self.n_layers < 1 or self.n_heads < 1 or self.d_ff < 1:
+            raise ValueError(f"d_model, n_layers, n_heads, d_ff must be >= 1, given {self.d_model}, "
+                             f"{self.n_layers}, {self.n_heads}, {self.d_ff}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model must be divisible by n_heads={self.n_heads}, given {self.d_model}")
+        if self.pos_embedding == "sinusoidal" and self.d_model % 2:
+            raise ValueError(f"sinusoidal positions need an even d_model (rows and columns get half each), given {self.d_model}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), given {self.dropout}")
+        if self.block_length < 1 or self.memory_length < 0:
+            raise ValueError(f"expected block_length >= 1 and memory_length >= 0, "
+                             f"given {self.block_length}, {self.memory_length}")
+        if min(self.block_h, self.block_w) < 1 or min(self.memory_h, self.memory_w) < 0:
+            raise ValueError(f"expected block_h, block_w >= 1 and memory_h, memory_w >= 0, given "
+                             f"{(self.block_h, self.block_w)}, {(self.memory_h, self.memory_w)}")
+
+
+def make_pattern(cfg: ImageTransformerConfig) -> AttentionPattern:
+    c, h, w = cfg.image_shape
+    if cfg.attention == "full":
+        return CausalPattern(c * h * w)
+    if cfg.attention == "local1d":
+        return Local1DPattern(c * h * w, cfg.block_length, cfg.memory_length)
+    return Local2DPattern(h, w, c, (cfg.block_h, cfg.block_w), (cfg.memory_h, cfg.memory_w))
+
+
+@register_model(
+    "image_transformer",
+    tiny=dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0, block_length=4, memory_length=4,
+              block_h=2, block_w=2, memory_h=1, memory_w=1),
+)
+class ImageTransformer(ARModel):
+    """Image Transformer: decoder-only transformer over sub-pixels with local 1D/2D or full attention."""
+
+    config_class = ImageTransformerConfig
+    config: ImageTransformerConfig
+    slot_pixel: Tensor
+    slot_channel: Tensor
+    unslot: Tensor
+
+    def __init__(self, config: ImageTransformerConfig) -> None:
+        super().__init__(config)
+        cfg = config
+        c, h, w = cfg.image_shape
+        self.distribution = Categorical(c, cfg.levels)
+        self.pattern = make_pattern(cfg)
+        if isinstance(self.pattern, Local2DPattern):
+            self._order = list(self.pattern.order)
+        else:
+            self._order = [(i, j) for i in range(h) for j in range(w)]
+        # slot s predicts sub-pixel (channel s % C) of the pixel order[s // C]
+        pix = torch.tensor(self._order).repeat_interleave(c, 0)
+        slot_pixel = pix[:, 0] * w + pix[:, 1]
+        slot_channel = torch.arange(c).repeat(h * w)
+        unslot = torch.empty(c * h * w, dtype=torch.long)
+        unslot[slot_pixel * c + slot_channel] = torch.arange(c * h * w)  # (pixel, channel) -> slot
+        self.register_buffer("slot_pixel", slot_pixel, persistent=False)
+        self.register_buffer("slot_channel", slot_channel, persistent=False)
+        self.register_buffer("unslot", unslot, persistent=False)
+
+        d = cfg.d_model
+        self.value_embed = nn.Embedding(c * cfg.levels + 1, d)  # per-channel value tables + start token
+        self.class_embed = ClassEmbedding(cfg.num_classes, d)
+        if cfg.pos_embedding == "learned":
+            self.row_embed = nn.Parameter(torch.randn(h, d) * 0.02)
+            self.col_embed = nn.Parameter(torch.randn(w, d) * 0.02)
+        else:
+            # rows in the first half of the width, columns in the second: summing two equal
+            # tables would make (i, j) and (j, i) look alike
+            rows, cols = sinusoidal_embedding(torch.arange(h), d // 2), sinusoidal_embedding(torch.arange(w), d // 2)
+            self.register_buffer("row_embed", torch.cat([rows, torch.zeros_like(rows)], 1), persistent=False)
+            self.register_buffer("col_embed", torch.cat([torch.zeros_like(cols), cols], 1), persistent=False)
+        self.channel_embed = nn.Parameter(torch.randn(c, d) * 0.02)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(TransformerBlock(d, cfg.n_heads, cfg.d_ff, cfg.dropout) for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, cfg.levels)
+        self.apply(_init_weights)
+        if self.class_embed.embed is not None:  # classes start neutral (ClassEmbedding's convention)
+            nn.init.zeros_(self.class_embed.embed.weight)
+
+    def generation_order(self) -> list[tuple[int, ...]]:
+        return list(self._order)
+
+    # ----- the sequence view ---------------------------------------------------------------------
+    def to_sequence(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) values -> (B, N) in slot order (sub-pixel s of the generation order)."""
+        flat = rearrange(x, "b c h w -> b (h w) c")
+        return flat[:, self.slot_pixel, self.slot_channel]
+
+    def embed(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """(B, N, d) slot inputs: the shifted sub-pixel values plus positions (and class)."""
+        seq = self.to_sequence(x)
+        tokens = self.slot_channel * self.levels + seq  # per-channel value table
+        start = torch.full_like(tokens[:, :1], self.value_embed.num_embeddings - 1)
+        h = self.value_embed(torch.cat([start, tokens[:, :-1]], 1))
+        w = self.config.image_shape[2]
+        h = h + self.row_embed[self.slot_pixel // w] + self.col_embed[self.slot_pixel % w] + self.channel_embed[self.slot_channel]
+        bias = self.class_embed(cond)
+        if bias is not None:
+            h = h + bias[:, None, :, 0, 0]
+        return self.drop(h)
+
+    def trunk(self, h: Tensor, caches: list[KVCache] | None = None, start: int = 0) -> Tensor:
+        """Slot inputs (B, T, d) -> per-slot logits (B, T, L). With caches, h holds slots
+        [start, start + T) and earlier slots come from the caches (prefill / decode)."""
+        for i, block in enumerate(self.blocks):
+            h = block(h, self.pattern, None if caches is None else caches[i], start)
+        return self.head(self.norm(h))
+
+    def new_caches(self, batch: int) -> list[KVCache]:
+        return [b.attn.new_cache(batch, self.pattern.length, self.device) for b in self.blocks]
+
+    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        logits = self.trunk(self.embed(x, cond))  # (B, N, L) in slot order
+        c, h, w = self.config.image_shape
+        return rearrange(logits[:, self.unslot], "b (h w c) l -> b (c l) h w", h=h, w=w, c=c)
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)

@@ -1,0 +1,323 @@
+"""Causal multi-head attention with explicit masks, local (block) patterns and a static KV cache.
+
+Everything is built from one function, `attend(q, k, v, mask)`: queries attend to keys/values
+where a boolean mask is True. Which keys a query may see is an `AttentionPattern`, defined once by
+`allowed(query_index, key_index)` over positions of the model's sequence (its generation order).
+From that definition a pattern derives
+
+- a dense (N, N) mask (tests; short sequences),
+- mask rows for given query positions (decoding from a `KVCache`: the cache holds all N
+  positions, unwritten ones are later than the query and therefore masked), and
+- for local patterns, query blocks with gathered key windows (training / full forward
+  passes), so that local attention costs O(N * window) time and memory instead of O(N^2);
+  tests check that this equals attention under the dense mask.
+
+Patterns:
+
+- `CausalPattern`: key <= query (`strict=True`: key < query; the first query then sees nothing
+  and gets a zero output, as PixelSNAIL wants).
+- `Local1DPattern` (Image Transformer, 1D local): the sequence is cut into query blocks of
+  `block` positions; a query sees the earlier positions of its own block and the `memory`
+  positions before the block: key in [block_start - memory, query].
+- `Local2DPattern` (Image Transformer, 2D local): the image is cut into query blocks of
+  (bh, bw) pixels, generated block by block (blocks in raster order, pixels in raster order
+  inside a block, channels innermost; `block_raster_order`). A query sees every earlier position
+  (in that order) whose pixel lies in its block's memory region: rows [r0 - mh, r0 + bh) and
+  columns [c0 - mw, c0 + bw + mw), where (r0, c0) is the block's top-left pixel. That is the
+  block itself causally, mh rows above it (reaching mw columns to either side) and mw columns
+  to its left; the region's part right of the block in the block's own rows is later in the
+  order and masked.
+
+A model that shifts its input right by one (slot s holds token s-1 and predicts token s) uses
+these patterns on slots; see `models/image/image_transformer.py` for what that means for the
+receptive field.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float = 0.0) -> Tensor:
+    """Softmax attention of q (..., Tq, d) to k, v (..., Tk, d) where `mask` (bool, True = may
+    attend, broadcastable to (..., Tq, Tk)) allows it.
+
+    A query with no allowed key gets a zero output (not NaN): it attends to key 0 internally and
+    the result is replaced by zeros, so no NaN reaches the gradients either.
+    """
+    if mask.dtype != torch.bool:
+        raise ValueError(f"expected a torch.bool mask, given {mask.dtype}")
+    empty = ~mask.any(-1, keepdim=True)
+    first = torch.zeros(mask.shape[-1], dtype=torch.bool, device=mask.device)
+    first[0] = True
+    safe = mask | (empty & first)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe, dropout_p=dropout_p)
+    return out.masked_fill(empty, 0.0)
+
+
+class KVCache:
+    """Static key/value buffers (B, heads, max_len, d) for one attention layer.
+
+    `update(start, k, v)` writes positions [start, start + T) and returns the whole buffers;
+    the pattern's mask rows hide the positions not written yet (they lie after the query).
+    Preallocated so that decoding never reallocates (the gpt-fast habit).
+    """
+
+    def __init__(self, batch: int, heads: int, max_len: int, qk_dim: int, v_dim: int | None = None,
+                 *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> None:
+        self.max_len = max_len
+        self.k = torch.zeros(batch, heads, max_len, qk_dim, device=device, dtype=dtype)
+        self.v = torch.zeros(batch, heads, max_len, v_dim or qk_dim, device=device, dtype=dtype)
+
+    def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        end = start + k.shape[-2]
+        if start < 0 or end > self.max_len:
+            raise ValueError(f"cache positions must lie in [0, {self.max_len}), given [{start}, {end})")
+        self.k[:, :, start:end] = k
+        self.v[:, :, start:end] = v
+        return self.k, self.v
+
+    def reset(self) -> None:
+        self.k.zero_()
+        self.v.zero_()
+
+
+# ----- patterns -----------------------------------------------------------------------------------
+class AttentionPattern(nn.Module):
+    """Which keys each query may see, over a sequence of `length` positions (see module doc).
+
+    Subclasses define `allowed` and call `_set_blocks(q_index, k_index)` with each query block's
+    positions and its key window (-1 = padding); the block masks are derived from `allowed`, so
+    the blocked computation cannot disagree with the definition.
+    """
+
+    q_index: Tensor
+    k_index: Tensor
+    block_mask: Tensor
+    unblock: Tensor
+
+    def __init__(self, length: int) -> None:
+        super().__init__()
+        if length < 1:
+            raise ValueError(f"sequence length must be >= 1, given {length}")
+        self.length = length
+        self.register_buffer("anchor", torch.zeros(0), persistent=False)  # follows .to(device)
+
+    def allowed(self, qi: Tensor, ki: Tensor) -> Tensor:
+        """Bool tensor (broadcast of qi, ki): may the query at position qi attend to key ki?"""
+        raise NotImplementedError
+
+    def dense(self) -> Tensor:
+        """(N, N) bool mask, rows = queries."""
+        idx = torch.arange(self.length, device=self.anchor.device)
+        return self.allowed(idx[:, None], idx[None, :])
+
+    def rows(self, qi: Tensor) -> Tensor:
+        """(len(qi), N) mask rows for the queries at positions `qi` (KV-cache decoding)."""
+        idx = torch.arange(self.length, device=qi.device)
+        return self.allowed(qi[:, None], idx[None, :])
+
+    def _set_blocks(self, q_index: Tensor, k_index: Tensor) -> None:
+        qv, kv = q_index >= 0, k_index >= 0
+        mask = self.allowed(q_index.clamp(min=0)[:, :, None], k_index.clamp(min=0)[:, None, :])
+        mask = mask & qv[:, :, None] & kv[:, None, :]
+        flat = q_index.flatten()
+        if not torch.equal(flat[flat >= 0].sort().values, torch.arange(self.length)):
+            raise AssertionError("query blocks must cover every position exactly once")
+        # unblock[p] = where position p sits in the flattened (blocks x block length) layout
+        unblock = torch.empty(self.length, dtype=torch.long)
+        unblock[flat[flat >= 0]] = torch.nonzero(flat >= 0).squeeze(1)
+        self.register_buffer("q_index", q_index.clamp(min=0), persistent=False)
+        self.register_buffer("k_index", k_index.clamp(min=0), persistent=False)
+        self.register_buffer("block_mask", mask, persistent=False)
+        self.register_buffer("unblock", unblock, persistent=False)
+
+    def check_length(self, q: Tensor, k: Tensor) -> None:
+        if q.shape[-2] != self.length or k.shape[-2] != self.length:
+            raise ValueError(f"expected sequences of length {self.length}, given {q.shape[-2]} and {k.shape[-2]}")
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor:
+        """Attention over the whole sequence: q, k, v (B, heads, N, d) -> (B, heads, N, d_v)."""
+        self.check_length(q, k)
+        b, h = q.shape[:2]
+        fold = "b h n l d -> (b h) n l d"
+        qb = rearrange(q[:, :, self.q_index], fold)  # (B*h, blocks, Lq, d)
+        kb = rearrange(k[:, :, self.k_index], fold)  # (B*h, blocks, Lk, d)
+        vb = rearrange(v[:, :, self.k_index], fold)
+        out = attend(qb, kb, vb, self.block_mask, dropout_p)
+        out = rearrange(out, "(b h) n l d -> b h (n l) d", b=b, h=h)
+        return out[:, :, self.unblock]
+
+
+class CausalPattern(AttentionPattern):
+    """Plain causal attention: key <= query, or key < query with `strict=True`.
+
+    One block holding everything; the non-strict case uses SDPA's built-in causal masking
+    (flash kernels on GPU), the strict one a dense mask.
+    """
+
+    def __init__(self, length: int, strict: bool = False) -> None:
+        super().__init__(length)
+        self.strict = strict
+
+    def allowed(self, qi: Tensor, ki: Tensor) -> Tensor:
+        return ki < qi if self.strict else ki <= qi
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor:
+        self.check_length(q, k)
+        if self.strict:
+            return attend(q, k, v, self.dense(), dropout_p)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+
+    def extra_repr(self) -> str:
+        return f"length={self.length}, strict={self.strict}"
+
+
+class Local1DPattern(AttentionPattern):
+    """Query blocks of `block` positions; each sees itself causally and the `memory` positions before it."""
+
+    def __init__(self, length: int, block: int, memory: int) -> None:
+        super().__init__(length)
+        if block < 1 or memory < 0:
+            raise ValueError(f"local1d needs block >= 1 and memory >= 0, given block={block}, memory={memory}")
+        self.block, self.memory = block, memory
+        n_blocks = -(-length // block)
+        starts = torch.arange(n_blocks)[:, None] * block
+        q_index = starts + torch.arange(block)[None]
+        k_index = starts - memory + torch.arange(memory + block)[None]
+        q_index[q_index >= length] = -1
+        k_index[(k_index < 0) | (k_index >= length)] = -1
+        self._set_blocks(q_index, k_index)
+
+    def allowed(self, qi: Tensor, ki: Tensor) -> Tensor:
+        return (ki <= qi) & (ki >= qi // self.block * self.block - self.memory)
+
+    def extra_repr(self) -> str:
+        return f"length={self.length}, block={self.block}, memory={self.memory}"
+
+
+def block_raster_order(height: int, width: int, block_h: int, block_w: int) -> list[tuple[int, int]]:
+    """Pixels block by block: blocks of (block_h, block_w) in raster order, raster inside each
+    block. Edge blocks are clipped when the sizes do not divide the image."""
+    order = []
+    for r0 in range(0, height, block_h):
+        for c0 in range(0, width, block_w):
+            order.extend((i, j) for i in range(r0, min(r0 + block_h, height)) for j in range(c0, min(c0 + block_w, width)))
+    return order
+
+
+class Local2DPattern(AttentionPattern):
+    """2D local attention over (H, W) pixels with `channels` positions per pixel.
+
+    Positions follow `block_raster_order` with channels innermost: position = rank * C + c.
+    See the module doc for the memory region.
+    """
+
+    row: Tensor
+    col: Tensor
+
+    def __init__(self, height: int, width: int, channels: int, block: tuple[int, int], memory: tuple[int, int]) -> None:
+        super().__init__(height * width * channels)
+        (bh, bw), (mh, mw) = block, memory
+        if bh < 1 or bw < 1 or mh < 0 or mw < 0:
+            raise ValueError(f"local2d needs block sizes >= 1 and memory sizes >= 0, given block={block}, memory={memory}")
+        self.height, self.width, self.channels = height, width, channels
+        self.block, self.memory = (bh, bw), (mh, mw)
+        self.order = block_raster_order(height, width, bh, bw)
+        rank = torch.empty(height, width, dtype=torch.long)
+        for r, (i, j) in enumerate(self.order):
+            rank[i, j] = r
+        pix = torch.tensor(self.order).repeat_interleave(channels, 0)  # (N, 2)
+        self.register_buffer("row", pix[:, 0].contiguous(), persistent=False)
+        self.register_buffer("col", pix[:, 1].contiguous(), persistent=False)
+        ch = torch.arange(channels)
+        # pixel ranks with a border of -1 wide enough for every window, so windows are plain slices
+        padded = torch.full((mh + height + bh, mw + width + bw + mw), -1, dtype=torch.long)
+        padded[mh : mh + height, mw : mw + width] = rank
+
+        def positions(top: int, left: int, n_rows: int, n_cols: int) -> Tensor:
+            """Positions of the window's pixels (all channels), -1 outside the image."""
+            r = padded[mh + top : mh + top + n_rows, mw + left : mw + left + n_cols, None]
+            return torch.where(r >= 0, r * channels + ch, -1).flatten()
+
+        q_blocks, k_blocks = [], []
+        for r0 in range(0, height, bh):
+            for c0 in range(0, width, bw):
+                q_blocks.append(positions(r0, c0, bh, bw))
+                k_blocks.append(positions(r0 - mh, c0 - mw, mh + bh, mw + bw + mw))
+        self._set_blocks(torch.stack(q_blocks), torch.stack(k_blocks))
+
+    def allowed(self, qi: Tensor, ki: Tensor) -> Tensor:
+        (bh, bw), (mh, mw) = self.block, self.memory
+        row, col = self.row.to(qi.device), self.col.to(qi.device)
+        r0, c0 = row[qi] // bh * bh, col[qi] // bw * bw
+        rk, ck = row[ki], col[ki]
+        return (ki <= qi) & (rk >= r0 - mh) & (rk < r0 + bh) & (ck >= c0 - mw) & (ck < c0 + bw + mw)
+
+    def extra_repr(self) -> str:
+        return f"image=({self.height}, {self.width}), channels={self.channels}, block={self.block}, memory={self.memory}"
+
+
+# ----- layers -------------------------------------------------------------------------------------
+class MultiHeadAttention(nn.Module):
+    """Projections around `attend`: queries from `x`, keys/values from `kv` (default `x`).
+
+    Separate input widths and q/k and value widths let PixelSNAIL draw queries from the residual
+    stream and keys/values from the input; a transformer uses it as plain self-attention.
+    `out_bias=False` keeps the output of a query that sees no key exactly zero.
+    """
+
+    def __init__(self, dim: int, heads: int, *, kv_dim: int | None = None, qk_dim: int | None = None,
+                 v_dim: int | None = None, out_dim: int | None = None, dropout: float = 0.0,
+                 out_bias: bool = True) -> None:
+        super().__init__()
+        qk_dim, v_dim = qk_dim or dim, v_dim or dim
+        if qk_dim % heads or v_dim % heads:
+            raise ValueError(f"attention widths must be divisible by heads={heads}, given qk_dim={qk_dim}, v_dim={v_dim}")
+        self.heads, self.qk_dim, self.v_dim, self.dropout = heads, qk_dim, v_dim, dropout
+        self.q = nn.Linear(dim, qk_dim)
+        self.kv = nn.Linear(kv_dim or dim, qk_dim + v_dim)
+        self.out = nn.Linear(v_dim, out_dim or dim, bias=out_bias)
+
+    def new_cache(self, batch: int, max_len: int, device: torch.device | str | None = None,
+                  dtype: torch.dtype = torch.float32) -> KVCache:
+        return KVCache(batch, self.heads, max_len, self.qk_dim // self.heads, self.v_dim // self.heads,
+                       device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, pattern: AttentionPattern, kv: Tensor | None = None,
+                cache: KVCache | None = None, start: int = 0) -> Tensor:
+        """x (B, T, dim) -> (B, T, out_dim).
+
+        Without a cache, T is the whole sequence and `pattern` decides who sees whom. With a
+        cache, x holds positions [start, start + T): their keys/values are written to the cache
+        and they attend to it under the pattern's mask rows (prefill: start=0; decode: T=1).
+        """
+        k, v = self.kv(x if kv is None else kv).split([self.qk_dim, self.v_dim], dim=-1)
+        split = "b t (h d) -> b h t d"
+        q, k, v = (rearrange(t, split, h=self.heads) for t in (self.q(x), k, v))
+        p = self.dropout if self.training else 0.0
+        if cache is None:
+            out = pattern(q, k, v, p)
+        else:
+            k, v = cache.update(start, k, v)
+            rows = pattern.rows(torch.arange(start, start + q.shape[-2], device=q.device))
+            out = attend(q, k, v, rows, p)
+        return self.out(rearrange(out, "b h t d -> b t (h d)"))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm decoder block: x + attn(LN(x)); x + MLP(LN(x)) (GPT-2 layout)."""
+
+    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = MultiHeadAttention(dim, heads, dropout=dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Linear(ff_dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, pattern: AttentionPattern, cache: KVCache | None = None, start: int = 0) -> Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), pattern, cache=cache, start=start))
+        return x + self.drop(self.mlp(self.norm2(x)))
