@@ -7,6 +7,7 @@ checked against the naive one step by step.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Callable, Protocol
 
 import torch
@@ -23,16 +24,20 @@ class Stepper(Protocol):
 
 
 class NaiveStepper:
-    """Reruns the whole network whenever the model's output at `pos` may have changed."""
+    """Reruns the whole network whenever the model's output at `pos` may have changed.
 
-    def __init__(self, model: Any, cond: Tensor | None) -> None:
-        self.model, self.cond = model, cond
+    `forward_kwargs` go to every forward call (e.g. `order=` for models that generate in a
+    chosen order, such as LMConv completing in an order that visits the known pixels first).
+    """
+
+    def __init__(self, model: Any, cond: Tensor | None, **forward_kwargs: Any) -> None:
+        self.model, self.cond, self.forward_kwargs = model, cond, forward_kwargs
         self.rerun_each_channel = model.distribution.output_depends_on_current_pixel
         self._params: Tensor | None = None
 
     def params_at(self, x: Tensor, pos: tuple[int, ...], channel: int) -> Tensor:
         if channel == 0 or self.rerun_each_channel or self._params is None:
-            self._params = self.model(x, self.cond)
+            self._params = self.model(x, self.cond, **self.forward_kwargs)
         return self._params[(slice(None), slice(None), *pos)]
 
     def skip(self, x: Tensor, pos: tuple[int, ...]) -> None:
@@ -52,8 +57,12 @@ def autoregressive_fill(
     top_p: float | None = None,
     progress: bool = False,
     choose: Callable[[Tensor, tuple[int, ...], int], Tensor] | None = None,
+    order: Sequence[tuple[int, ...]] | None = None,
 ) -> Tensor:
     """Fill `x` in place in the model's order (all of it, or where `known` is False).
+
+    `order` replaces the model's generation order (LMConv completes in an order that visits the
+    known pixels first); the stepper's model must then follow that same order.
 
     `choose(log_probs (B, L), pos, channel) -> values (B,)` replaces random drawing when given
     (the entropy decoder uses it to read values from a bit stream through this very loop). The
@@ -61,7 +70,7 @@ def autoregressive_fill(
     reproduces it, so both sides compute bit-identical tables.
     """
     dist = model.distribution
-    order = model.generation_order()
+    order = model.generation_order() if order is None else order
     batch = x.shape[0]
     for pos in tqdm(order, desc="sampling", disable=not progress, leave=False):
         index = (slice(None), *pos)
