@@ -98,6 +98,8 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0, help="divide logits by this (default: 1.0)")
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely values per sub-pixel")
     p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the most likely mass p")
+    p.add_argument("--steps", type=int, default=None,
+                   help="network-call budget for models that sample in parallel (ARDM); default: one per dim")
     p.add_argument("--naive", action="store_true",
                    help="use the reference sampler (one full forward pass per step) instead of the model's own")
 
@@ -125,6 +127,12 @@ def _generate(model: Any, x: Any, known: Any, cond: Any, args: argparse.Namespac
     generator = torch.Generator().manual_seed(args.seed)
     opts = dict(generator=generator, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                 naive=args.naive, progress=True)
+    if args.steps is not None:
+        import inspect
+
+        if "steps" not in inspect.signature(model.sample).parameters:
+            raise ValueError(f"--steps is for models that sample in parallel (e.g. ardm), given model {model.model_name!r}")
+        opts["steps"] = args.steps
     if known is None:
         return model.sample(x.shape[0], cond, **opts)
     return model.complete(x, known, cond, **opts)

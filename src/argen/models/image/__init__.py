@@ -1,2 +1,9 @@
 """Pixel-space image models, one file per family."""
 from argen.models.image import pixelcnn  # noqa: F401
+from argen.models.image import pixelrnn  # noqa: F401
+from argen.models.image import image_transformer  # noqa: F401
+from argen.models.image import gated_pixelcnn  # noqa: F401
+from argen.models.image import pixelcnn_pp  # noqa: F401
+from argen.models.image import lmconv  # noqa: F401
+from argen.models.image import ardm  # noqa: F401
+from argen.models.image import pixelsnail  # noqa: F401

@@ -1,0 +1,488 @@
+"""Autoregressive Diffusion Models (Hoogeboom et al., 2022): order-agnostic and upscale ARDMs.
+
+An ARDM is one non-causal network that, given any subset of the D = C*H*W sub-pixels, predicts
+a distribution for every other one. Hidden sub-pixels are replaced by an absorbing token and the
+mask is concatenated, so nothing inside the network needs to be causal (an ordinary U-Net).
+
+Training (order-agnostic): t ~ U{0..D-1}, a random permutation sigma, mask = sigma < t; the
+log-likelihood of the D - t hidden dims, weighted by D / (D - t), is an unbiased estimate of
+E_sigma log p_sigma(x) <= log p(x) (the ELBO: log p(x) >= E_t [D * L_t]). Every order sigma
+defines an exact autoregressive model, so `log_prob(x, order=...)` is an exact likelihood (D
+network calls) while `log_prob(x)` is the stochastic ELBO; `exact_likelihood` is False.
+
+Upscale ARDM (`upscale_bits > 0`): the bits of each value are split into stages, most
+significant first (`upscale_bits=2` on 8-bit data is the paper's "upscale 4": branching factor
+4, four stages). Stage s is an order-agnostic ARDM over the stage-s digits of all D dims,
+conditioned on the coarser digits of every dim; the network is shared and told the stage.
+log p(x) = sum_s log p(digit_s | coarser digits), so the ELBO samples a stage too (weight S).
+A digit that would make the value exceed `levels - 1` gets no mass, so any `levels` works.
+
+Parallel sampling with a budget of k calls follows the paper's dynamic programme over the
+per-step losses L_t recorded during training (a buffer saved with the weights); see
+`argen.sampling.ardm_schedule`.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from argen.distributions import Categorical
+from argen.models.base import ARModel, ModelConfig
+from argen.nn import ClassEmbedding
+from argen.nn.unet import TimestepEmbedding, UNet
+from argen.orders import OrderSpec, order_ranks, resolve_order
+from argen.registry import register_model
+from argen.sampling import ardm_schedule
+from argen.sampling.logits import draw, process_logits
+
+
+@dataclass
+class ARDMConfig(ModelConfig):
+    hidden: int = 128
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    blocks_per_level: int = 2
+    attention: bool = True
+    dropout: float = 0.0
+    embed_dim: int = 32  # width of the learned embedding of each sub-pixel's (partially known) value
+    upscale_bits: int = 0  # 0: plain order-agnostic ARDM; b > 0: stages of b bits, MSB first
+    order_seed: int = 0  # seed of the fixed pixel order `generation_order()` returns
+    step_loss_decay: float = 0.99  # EMA decay of the recorded per-step losses L_t
+
+    def __post_init__(self) -> None:
+        # JSON round trips turn tuples into lists; keep configs comparable after save/load
+        self.channel_mults = tuple(int(m) for m in self.channel_mults)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.hidden < 1 or self.embed_dim < 1 or self.blocks_per_level < 1:
+            raise ValueError(f"hidden, embed_dim and blocks_per_level must be >= 1, given "
+                             f"{self.hidden}, {self.embed_dim}, {self.blocks_per_level}")
+        if not self.channel_mults or min(self.channel_mults) < 1:
+            raise ValueError(f"channel_mults must be non-empty positive integers, given {self.channel_mults}")
+        if not 0 <= self.upscale_bits <= 8:
+            raise ValueError(f"upscale_bits must be in [0, 8], given {self.upscale_bits}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), given {self.dropout}")
+        if not 0.0 <= self.step_loss_decay < 1.0:
+            raise ValueError(f"step_loss_decay must be in [0, 1), given {self.step_loss_decay}")
+
+
+class BitStages:
+    """How values in [0, levels) split into stages of bits, most significant first.
+
+    After j stages a value is known up to its prefix `v >> low[j]` (j = 0: nothing; j = S: all).
+    Each (depth j, prefix) pair is one input token, so the network sees exactly what is known.
+    With one stage this is the plain ARDM: token 0 is the absorbing state, tokens 1.. the values.
+    """
+
+    def __init__(self, levels: int, upscale_bits: int) -> None:
+        total = max(1, (levels - 1).bit_length())
+        if upscale_bits == 0 or upscale_bits >= total:
+            bits = [total]
+        else:
+            n = math.ceil(total / upscale_bits)
+            bits = [total - upscale_bits * (n - 1)] + [upscale_bits] * (n - 1)  # remainder on top
+        self.levels, self.bits, self.num_stages = levels, bits, len(bits)
+        self.low = [sum(bits[j:]) for j in range(len(bits) + 1)]
+        self.n_prefix = [((levels - 1) >> lo) + 1 for lo in self.low]
+        self.offsets = [sum(self.n_prefix[:j]) for j in range(len(bits) + 1)]
+        self.num_tokens = sum(self.n_prefix)
+        # digit values stage s can take: all 2^bits, except a top stage cut short by `levels`
+        self.digits = [min(2 ** b, self.n_prefix[s + 1]) for s, b in enumerate(bits)]
+        self.head = max(self.digits)
+
+    def _table(self, values: list[int], index: Tensor) -> Tensor:
+        return torch.tensor(values, dtype=torch.long, device=index.device)[index]
+
+    def tokens(self, x: Tensor, depth: Tensor) -> Tensor:
+        """Token of each dim given how many stages of it are known (`depth`, same shape as x)."""
+        return self._table(self.offsets, depth) + (x >> self._table(self.low, depth))
+
+    def digit(self, x: Tensor, stage: Tensor) -> Tensor:
+        """Stage-`stage` digit of x; `stage` broadcasts against x."""
+        return (x >> self._table(self.low[1:], stage)) & (self._table([2 ** b for b in self.bits], stage) - 1)
+
+    def allowed(self, x: Tensor, stage: Tensor) -> Tensor:
+        """(..., head) bool: digits the stage may take given the coarser prefix of x."""
+        d = torch.arange(self.head, device=x.device)
+        prefix = (x >> self._table(self.low, stage))[..., None]
+        full = (prefix << self._table(self.bits, stage)[..., None]) | d
+        return (full < self._table(self.n_prefix[1:], stage)[..., None]) & (d < self._table(self.digits, stage)[..., None])
+
+
+class OrderStepper:
+    """Sequential reference sampler for the generic loop (`argen.sampling.autoregressive_fill`).
+
+    Walks the model's `generation_order()` one sub-pixel at a time, the dims before it known;
+    `ARDM.sample(steps=D, order=model.generation_order())` must reproduce it draw for draw.
+    """
+
+    def __init__(self, model: "ARDM", cond: Tensor | None) -> None:
+        self.model, self.cond = model, cond
+        self.rank = model.dim_ranks(model.generation_order(), 1)[0].view(model.data_shape)
+
+    def params_at(self, x: Tensor, pos: tuple[int, ...], channel: int) -> Tensor:
+        rank = self.rank.to(x.device)
+        known = (rank < rank[(channel, *pos)]).expand(x.shape)
+        return self.model(x, self.cond, known=known)[(slice(None), slice(None), *pos)]
+
+    def skip(self, x: Tensor, pos: tuple[int, ...]) -> None:
+        pass
+
+
+@register_model("ardm", tiny=dict(hidden=16, channel_mults=(1,), blocks_per_level=1, attention=False, embed_dim=4))
+class ARDM(ARModel):
+    """Autoregressive Diffusion Model: order-agnostic (or bit-upscaling) with parallel sampling."""
+
+    config_class = ARDMConfig
+    config: ARDMConfig
+    exact_likelihood = False
+
+    def __init__(self, config: ARDMConfig) -> None:
+        super().__init__(config)
+        cfg, c = config, self.channels
+        self.stages = BitStages(cfg.levels, cfg.upscale_bits)
+        # The head: per sub-pixel logits over the current stage's digits (all L values when plain).
+        self.distribution = Categorical(c, self.stages.head)
+        emb_dim = 4 * cfg.hidden
+        self.token_embed = nn.Embedding(c * self.stages.num_tokens, cfg.embed_dim)
+        self.time_embed = TimestepEmbedding(emb_dim)
+        self.stage_embed = nn.Embedding(self.stages.num_stages, emb_dim) if self.stages.num_stages > 1 else None
+        self.class_embed = ClassEmbedding(cfg.num_classes, emb_dim)
+        self.net = UNet(c * cfg.embed_dim + c, self.distribution.num_params, cfg.hidden, emb_dim, cfg.channel_mults,
+                        cfg.blocks_per_level, cfg.attention, cfg.dropout)
+        n_steps = self.stages.num_stages * self.num_dims
+        # L_t per (stage, t), nats per dim, and how often each was updated; saved with the weights.
+        self.register_buffer("step_loss", torch.zeros(n_steps))
+        self.register_buffer("step_loss_count", torch.zeros(n_steps, dtype=torch.long))
+        self._order_cache: list[tuple[int, int]] | None = None
+        self._plan_cache: dict[tuple[str, int, int], list[list[int]]] = {}
+
+    @property
+    def num_stages(self) -> int:
+        return self.stages.num_stages
+
+    # ----- the network -------------------------------------------------------------------------
+    def forward(self, x: Tensor, cond: Tensor | None = None, known: Tensor | None = None,
+                stage: Tensor | None = None) -> Tensor:
+        """Logits (B, C*K, H, W) for every sub-pixel given those where `known` (B, C, H, W) is True.
+
+        K = levels for the plain model (the stage-`stage` digits for upscale). Unknown dims enter
+        as the absorbing token (upscale: as their coarser prefix), so their values never matter.
+        `known=None` means nothing known (t = 0); `stage=None` means stage 0.
+        """
+        b = x.shape[0]
+        known = torch.zeros_like(x, dtype=torch.bool) if known is None else known
+        stage = torch.zeros(b, dtype=torch.long, device=x.device) if stage is None else stage
+        depth = stage.view(b, 1, 1, 1) + known.long()
+        tokens = self.stages.tokens(x, depth)
+        tokens = tokens + self.stages.num_tokens * torch.arange(self.channels, device=x.device).view(1, -1, 1, 1)
+        h = rearrange(self.token_embed(tokens), "b c h w e -> b (c e) h w")
+        h = torch.cat([h, known.to(h.dtype)], dim=1)
+        t = known.flatten(1).sum(1)
+        emb = self.time_embed(t.float() / self.num_dims)
+        if self.stage_embed is not None:
+            emb = emb + self.stage_embed(stage)
+        class_bias = self.class_embed(cond)
+        if class_bias is not None:
+            emb = emb + class_bias.flatten(1)
+        return self.net(h, emb)
+
+    def step_log_probs(self, x: Tensor, known: Tensor, stage: Tensor, cond: Tensor | None = None) -> Tensor:
+        """(B, C, K, H, W) normalized log-probs of each dim's stage digit given the known dims."""
+        logits = self.distribution.logits(self(x, cond, known, stage)).float()
+        if self.num_stages > 1:
+            allowed = self.stages.allowed(x, stage.view(-1, 1, 1, 1).expand_as(x))  # (B, C, H, W, K)
+            logits = logits.masked_fill(~rearrange(allowed, "b c h w k -> b c k h w"), float("-inf"))
+        return logits.log_softmax(2)
+
+    # ----- orders ----------------------------------------------------------------------------
+    def generation_order(self) -> list[tuple[int, int]]:
+        """A fixed random pixel order drawn from `order_seed`; channels go R, G, B within a pixel."""
+        if self._order_cache is None:
+            h, w = self.spatial_shape
+            perm = torch.randperm(h * w, generator=torch.Generator().manual_seed(self.config.order_seed))
+            self._order_cache = [(int(p) // w, int(p) % w) for p in perm]
+        return list(self._order_cache)
+
+    def dim_ranks(self, order: OrderSpec, batch: int) -> Tensor:
+        """(B, D) step at which each sub-pixel (flattened C, H, W) is generated under a pixel order.
+
+        `order` is anything `argen.orders.resolve_order` takes: (H*W, 2) positions (or a list of
+        (row, col)), or (B, H*W, 2) for one order per example. Channels go R, G, B within a pixel.
+        """
+        h, w = self.spatial_shape
+        spec = resolve_order(order, h, w)
+        if spec.dim() == 3 and spec.shape[0] != batch:
+            raise ValueError(f"expected one order or {batch} per-example orders, given {spec.shape[0]}")
+        pix = order_ranks(spec, h, w).to(self.device)  # (H, W) or (B, H, W)
+        ranks = pix.unsqueeze(-3) * self.channels + torch.arange(self.channels, device=self.device).view(-1, 1, 1)
+        return ranks.expand(batch, *self.data_shape).reshape(batch, self.num_dims)
+
+    # ----- likelihood ------------------------------------------------------------------------
+    def _check_draws(self, b: int, t: Tensor | None, sigma: Tensor | None, stage: Tensor | None) -> None:
+        d = self.num_dims
+        if t is not None and (not isinstance(t, Tensor) or t.dtype != torch.long or tuple(t.shape) != (b,)
+                              or int(t.min()) < 0 or int(t.max()) >= d):
+            raise ValueError(f"expected t as torch.long ({b},) in [0, {d - 1}], given {t!r}")
+        if sigma is not None:
+            if not isinstance(sigma, Tensor) or sigma.dtype != torch.long or tuple(sigma.shape) != (b, d):
+                raise ValueError(f"expected sigma as a torch.long ({b}, {d}) permutation, given "
+                                 f"{getattr(sigma, 'dtype', type(sigma).__name__)} {tuple(getattr(sigma, 'shape', ()))}")
+            if not torch.equal(sigma.sort(1).values, torch.arange(d, device=sigma.device).expand(b, d)):
+                raise ValueError("expected each row of sigma to be a permutation of range(D)")
+        if stage is not None and (not isinstance(stage, Tensor) or stage.dtype != torch.long or tuple(stage.shape) != (b,)
+                                  or int(stage.min()) < 0 or int(stage.max()) >= self.num_stages):
+            raise ValueError(f"expected stage as torch.long ({b},) in [0, {self.num_stages - 1}], given {stage!r}")
+
+    def _elbo_terms(self, x: Tensor, cond: Tensor | None, t: Tensor | None, sigma: Tensor | None,
+                    stage: Tensor | None, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+        """log p of each hidden dim's digit (0 at known dims) (B, C, H, W), with the t and stage used."""
+        b, d = x.shape[0], self.num_dims
+        self._check_draws(b, t, sigma, stage)
+        gdev = generator.device if generator is not None else x.device
+        if stage is None:
+            stage = torch.randint(self.num_stages, (b,), generator=generator, device=gdev).to(x.device)
+        if t is None:
+            t = torch.randint(d, (b,), generator=generator, device=gdev).to(x.device)
+        if sigma is None:
+            sigma = torch.rand(b, d, generator=generator, device=gdev).argsort(1).to(x.device)
+        rank = sigma.to(x.device).argsort(1)
+        known = (rank < t.to(x.device)[:, None]).view_as(x)
+        stage, t = stage.to(x.device), t.to(x.device)
+        table = self.step_log_probs(x, known, stage, cond)
+        digit = self.stages.digit(x, stage.view(-1, 1, 1, 1))
+        lp = table.gather(2, digit.unsqueeze(2)).squeeze(2)
+        return lp.masked_fill(known, 0.0), t, stage
+
+    def elbo(self, x: Tensor, cond: Tensor | None = None, *, reduce: bool = True, t: Tensor | None = None,
+             sigma: Tensor | None = None, stage: Tensor | None = None,
+             generator: torch.Generator | None = None) -> Tensor:
+        """One-sample ELBO in nats: S * D / (D - t) * sum of log p over the hidden dims.
+
+        t (B,), sigma (B, D) permutations of the flattened (C, H, W) dims and the stage (B,) are
+        drawn from `generator` unless given. Averaged over draws it is E_sigma log p_sigma(x).
+        reduce=False gives each position's weighted term (B, H, W), channels summed.
+        """
+        self.check_input(x, cond)
+        lp, t, _ = self._elbo_terms(x, cond, t, sigma, stage, generator)
+        weight = self.num_stages * self.num_dims / (self.num_dims - t).to(lp.dtype)
+        per_pos = lp.sum(1) * weight.view(-1, 1, 1)
+        return per_pos.flatten(1).sum(1) if reduce else per_pos
+
+    def _exact_tables(self, x: Tensor, cond: Tensor | None, ranks: Tensor, max_batch: int) -> list[Tensor]:
+        """Per stage, (B, C, K, H, W): each dim's digit log-probs at the step that generates it."""
+        b, d, k = x.shape[0], self.num_dims, self.stages.head
+        if not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive integer, given {max_batch!r}")
+        sigma = ranks.argsort(1)  # sigma[b, t]: the dim generated at step t
+        pairs_b = torch.arange(b, device=x.device).repeat_interleave(d)
+        pairs_t = torch.arange(d, device=x.device).repeat(b)
+        tables = []
+        for s in range(self.num_stages):
+            table = torch.empty(b, d, k, device=x.device)
+            for bi, ti in zip(pairs_b.split(max_batch), pairs_t.split(max_batch)):
+                known = (ranks[bi] < ti[:, None]).view(-1, *self.data_shape)
+                stage = torch.full_like(bi, s)
+                lp = rearrange(self.step_log_probs(x[bi], known, stage, None if cond is None else cond[bi]),
+                               "n c k h w -> n (c h w) k")
+                dims = sigma[bi, ti]
+                table[bi, dims] = lp[torch.arange(len(bi), device=x.device), dims]
+            tables.append(rearrange(table, "b (c h w) k -> b c k h w", c=self.channels, h=self.spatial_shape[0]))
+        return tables
+
+    def log_prob(self, x: Tensor, cond: Tensor | None = None, reduce: bool = True, order: OrderSpec | None = None, *,
+                 generator: torch.Generator | None = None, max_batch: int = 256) -> Tensor:
+        """Nats: the ELBO estimate when `order` is None, else the exact log-likelihood under `order`.
+
+        order=None: one draw of (stage,) t and sigma per example from `generator` (a lower bound in
+        expectation, see `elbo`). With a pixel `order` (see `dim_ranks`): exact, from D network
+        calls per stage batched `max_batch` inputs at a time; reduce=False then gives (B, H, W)
+        log p(pixel | pixels before it in the order), channels (and stages) summed.
+        """
+        self.check_input(x, cond)
+        if order is None:
+            return self.elbo(x, cond, reduce=reduce, generator=generator)
+        tables = self._exact_tables(x, cond, self.dim_ranks(order, x.shape[0]), max_batch)
+        per_dim = sum(
+            tab.gather(2, self.stages.digit(x, torch.tensor(s, device=x.device)).unsqueeze(2)).squeeze(2)
+            for s, tab in enumerate(tables)
+        )
+        per_pos = per_dim.sum(1)
+        return per_pos.flatten(1).sum(1) if reduce else per_pos
+
+    def digit_conditionals(self, x: Tensor, cond: Tensor | None = None, order: OrderSpec | None = None,
+                           max_batch: int = 256) -> list[Tensor]:
+        """Per stage, (B, C, K, H, W) exact digit conditionals under `order` (default: generation_order)."""
+        self.check_input(x, cond)
+        order = self.generation_order() if order is None else order
+        return self._exact_tables(x, cond, self.dim_ranks(order, x.shape[0]), max_batch)
+
+    def conditionals(self, x: Tensor, cond: Tensor | None = None, order: OrderSpec | None = None,
+                     max_batch: int = 256) -> Tensor:
+        """(B, C, L, H, W) exact log p(x_c = v | dims before it in `order`) (default: generation_order)."""
+        if self.num_stages > 1:
+            raise ValueError(f"an upscale ARDM ({self.num_stages} stages) factorizes over digits, not values: "
+                             "expected digit_conditionals(), given a call to conditionals()")
+        return self.digit_conditionals(x, cond, order, max_batch)[0]
+
+    def loss(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """-ELBO in nats per dim (one stochastic draw per example); records L_t when training."""
+        self.check_input(x, cond)
+        lp, t, stage = self._elbo_terms(x, cond, None, None, None, None)
+        per_dim = -lp.flatten(1).sum(1) / (self.num_dims - t).to(lp.dtype)  # sample of L_t
+        if self.training:
+            self._record_step_loss(stage * self.num_dims + t, per_dim.detach())
+        return self.num_stages * per_dim.mean()
+
+    @torch.no_grad()
+    def _record_step_loss(self, index: Tensor, values: Tensor) -> None:
+        n = self.step_loss.numel()
+        sums = torch.zeros(n, device=values.device).index_add_(0, index, values.float())
+        counts = torch.bincount(index, minlength=n)
+        seen = counts > 0
+        mean = sums[seen] / counts[seen]
+        # a running mean for the first updates, then an EMA (early, untrained losses fade out)
+        w = torch.clamp(1.0 / (self.step_loss_count[seen] + 1).float(), min=1.0 - self.config.step_loss_decay)
+        self.step_loss[seen] += w * (mean - self.step_loss[seen])
+        self.step_loss_count[seen] += 1
+
+    def step_loss_curve(self) -> Tensor:
+        """(S, D) recorded L_t in nats per dim, unrecorded steps interpolated (ValueError if none)."""
+        curve = ardm_schedule.fill_unrecorded(self.step_loss, self.step_loss_count)
+        return curve.view(self.num_stages, self.num_dims)
+
+    def bpd_by_budget(self, budgets: Any = (None, 100, 50, 20)) -> dict[int, float]:
+        """Approximate bits/dim of parallel sampling per budget of calls (None: every step)."""
+        return ardm_schedule.budget_bits_per_dim(self.step_loss_curve(), budgets, self.num_dims)
+
+    # ----- generation ------------------------------------------------------------------------
+    def stepper(self, cond: Tensor | None) -> OrderStepper:
+        if self.num_stages > 1:
+            raise ValueError(f"an upscale ARDM ({self.num_stages} stages) samples by stages: expected sample() or "
+                             "complete(), given a request for a per-pixel stepper")
+        return OrderStepper(self, cond)
+
+    def _plan(self, start: int, steps: int | None) -> list[list[int]]:
+        """Per-stage absolute boundaries covering steps [start, D) with at most `steps` calls.
+
+        Plans are cached per recorded curve (the DP takes a second or so at D = 3072).
+        """
+        d, n_stages = self.num_dims, self.num_stages
+        n = d - start
+        if n == 0:
+            return [[start] for _ in range(n_stages)]
+        k = None if steps is None else min(steps, n_stages * n)
+        recorded = bool((self.step_loss_count > 0).any())
+        if not recorded or k is None or k == n_stages * n:
+            plans = ardm_schedule.plan_even(n_stages, n, k)
+        else:
+            digest = hashlib.sha1(self.step_loss.detach().cpu().numpy().tobytes()
+                                  + self.step_loss_count.detach().cpu().numpy().tobytes()).hexdigest()
+            key = (digest, start, k)
+            if key not in self._plan_cache:
+                if len(self._plan_cache) > 64:
+                    self._plan_cache.clear()
+                self._plan_cache[key] = ardm_schedule.plan_stages(self.step_loss_curve()[:, start:], k)
+            plans = self._plan_cache[key]
+        return [[start + v for v in p] for p in plans]
+
+    @torch.no_grad()
+    def sample(self, n: int, cond: Tensor | None = None, *, generator: torch.Generator | None = None,
+               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+               progress: bool = False, steps: int | None = None, order: OrderSpec | None = None,
+               naive: bool = False) -> Tensor:
+        """Draw `n` images with at most `steps` network calls (None: one per dim and stage).
+
+        `naive=True` is the reference: one network call per dim (it cannot be combined with steps).
+
+        Each example gets its own random order from `generator` unless `order` is given. With a
+        budget the calls follow the dynamic programme over the recorded L_t (evenly spaced when
+        nothing was recorded yet); each call samples all dims with sigma in [s, t).
+        """
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"expected n >= 1, given {n!r}")
+        self.check_cond(cond, n)
+        self._check_naive(naive, steps)
+        x = torch.zeros((n, *self.data_shape), dtype=torch.long, device=self.device)
+        return self._generate_parallel(x, None, cond, generator, temperature, top_k, top_p, progress, steps, order)
+
+    @torch.no_grad()
+    def complete(self, x: Tensor, known: Tensor, cond: Tensor | None = None, *,
+                 generator: torch.Generator | None = None, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, progress: bool = False, steps: int | None = None,
+                 order: OrderSpec | None = None, naive: bool = False) -> Tensor:
+        """Fill the pixels where `known` (B, H, W) or (H, W) is False, conditioned on all known ones.
+
+        Known dims come first in every order (they are "already generated"); the others follow in
+        a random order (or in `order`), with at most `steps` calls as in `sample`.
+        """
+        self.check_input(x, cond)
+        self._check_naive(naive, steps)
+        known = self.check_known(known, x.shape[0])
+        x = x.clone(memory_format=torch.contiguous_format)
+        return self._generate_parallel(x, known, cond, generator, temperature, top_k, top_p, progress, steps, order)
+
+    @staticmethod
+    def _check_naive(naive: bool, steps: int | None) -> None:
+        if naive and steps is not None:
+            raise ValueError(f"naive sampling makes one call per dim; expected steps=None with naive, given steps={steps}")
+
+    def _generate_parallel(self, x: Tensor, known: Tensor | None, cond: Tensor | None,
+                           generator: torch.Generator | None, temperature: float, top_k: int | None,
+                           top_p: float | None, progress: bool, steps: int | None, order: OrderSpec | None) -> Tensor:
+        b, d, n_stages = x.shape[0], self.num_dims, self.num_stages
+        if steps is not None and (not isinstance(steps, int) or not n_stages <= steps <= n_stages * d):
+            raise ValueError(f"steps must be None or an integer in [{n_stages}, {n_stages * d}], given {steps!r}")
+        gdev = generator.device if generator is not None else x.device
+        known_dims = (torch.zeros(b, d, dtype=torch.bool, device=x.device) if known is None
+                      else known[:, None].expand(x.shape).reshape(b, d))
+        flat = x.view(b, d)
+        flat.masked_fill_(~known_dims, 0)  # unknown bits start at zero and are OR-ed in digit by digit
+        starts = known_dims.sum(1)
+        plans = {int(s0): self._plan(int(s0), steps) for s0 in starts.unique()}
+        base_rank = None if order is None else self.dim_ranks(order, b).double()
+        was_training = self.training
+        self.eval()
+        try:
+            n_calls = max(sum(len(p) - 1 for p in plan) for plan in plans.values())
+            bar = tqdm(total=n_calls, desc="sampling", disable=not progress, leave=False)
+            for s in range(n_stages):
+                width = max(len(plan[s]) for plan in plans.values())
+                bounds = torch.tensor([plans[int(s0)][s] + [d] * (width - len(plans[int(s0)][s])) for s0 in starts],
+                                      dtype=torch.long, device=x.device)  # (B, calls + 1), padded with D
+                key = (torch.rand(b, d, generator=generator, device=gdev).to(x.device).double()
+                       if base_rank is None else base_rank)
+                sigma = (key - 2.0 * d * known_dims.double()).argsort(dim=1, stable=True)  # known dims first
+                rank = sigma.argsort(1)
+                stage = torch.full((b,), s, dtype=torch.long, device=x.device)
+                for j in range(width - 1):
+                    lo, hi = bounds[:, j], bounds[:, j + 1]
+                    active = torch.nonzero(hi > lo).flatten()
+                    if active.numel() == 0:
+                        continue
+                    known_now = (rank[active] < lo[active, None]).view(-1, *self.data_shape)
+                    table = self.step_log_probs(x[active], known_now, stage[active],
+                                                None if cond is None else cond[active])
+                    table = rearrange(table, "n c k h w -> n (c h w) k")
+                    size = hi[active] - lo[active]
+                    for m in range(int(size.max())):
+                        u = torch.rand(b, generator=generator, device=gdev).to(x.device)
+                        rows = torch.nonzero(size > m).flatten()
+                        ex = active[rows]
+                        dims = sigma[ex, lo[ex] + m]
+                        logits = process_logits(table[rows, dims], temperature, top_k, top_p)
+                        value = draw(logits, u[ex])
+                        flat[ex, dims] |= value << self.stages.low[s + 1]
+                    bar.update(1)
+            bar.close()
+        finally:
+            self.train(was_training)
+        return x
