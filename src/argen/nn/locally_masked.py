@@ -2,7 +2,7 @@
 
 A masked convolution (PixelCNN) applies one mask everywhere, which fixes the raster order. LMConv
 gives every output location its own mask over the k*k taps, so any generation order works: the
-input is unfolded (im2col), each location's taps are multiplied by that location's mask, and the
+input's k*k taps are gathered (shifted views of the padded input, i.e. im2col), each location's taps are multiplied by that location's mask, and the
 result is contracted with the weights. A tap is kept when its pixel comes earlier in the order
 than the output location; the first layer excludes the centre tap (the pixel being predicted),
 later layers include it (their centre features depend only on earlier pixels already).
@@ -101,9 +101,15 @@ def locally_masked_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, mask: 
         raise ValueError(f"expected a square odd kernel with {cin} input channels, given weight {tuple(weight.shape)}")
     if mask.dim() != 3 or mask.shape[1:] != (kh * kw, h * w) or mask.shape[0] not in (1, b):
         raise ValueError(f"expected mask of shape (1 or {b}, {kh * kw}, {h * w}), given {tuple(mask.shape)}")
-    cols = F.unfold(x, kh, dilation=dilation, padding=dilation * (kh // 2))  # (B, Cin*k*k, HW)
-    cols = rearrange(cols, "b (c t) l -> b c t l", c=cin) * mask.to(x.dtype).unsqueeze(1)
-    out = torch.einsum("bctl,oct->bol", cols, weight.flatten(2))
+    # Gather the k*k taps as shifted views of the zero-padded input (cheaper than F.unfold's
+    # im2col on CPU), mask each tap per location, and contract taps and channels in one matmul.
+    pad = dilation * (kh // 2)
+    xp = F.pad(x, (pad, pad, pad, pad))
+    m = mask.to(x.dtype).view(mask.shape[0], kh * kw, 1, h, w)
+    taps = torch.stack([xp[:, :, i * dilation:i * dilation + h, j * dilation:j * dilation + w]
+                        for i in range(kh) for j in range(kw)], dim=1) * m  # (B, k*k, Cin, H, W)
+    wmat = rearrange(weight, "o c i j -> o (i j c)")
+    out = torch.einsum("bkl,ok->bol", taps.view(b, kh * kw * cin, h * w), wmat)
     if bias is not None:
         out = out + bias.view(1, -1, 1)
     return out.view(b, cout, h, w)

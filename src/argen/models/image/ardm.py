@@ -45,10 +45,11 @@ from argen.sampling.logits import draw, process_logits
 
 @dataclass
 class ARDMConfig(ModelConfig):
-    hidden: int = 128
-    channel_mults: tuple[int, ...] = (1, 2, 2)
-    blocks_per_level: int = 2
-    attention: bool = True
+    # CPU-sized defaults (0.7M parameters); the paper's CIFAR model is a 32-block U-Net on a GPU.
+    hidden: int = 32
+    channel_mults: tuple[int, ...] = (1, 2)
+    blocks_per_level: int = 1
+    attention: bool = False
     dropout: float = 0.0
     embed_dim: int = 32  # width of the learned embedding of each sub-pixel's (partially known) value
     upscale_bits: int = 0  # 0: plain order-agnostic ARDM; b > 0: stages of b bits, MSB first
