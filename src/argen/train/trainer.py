@@ -256,6 +256,8 @@ class Trainer:
                             break
                         if cfg.time_limit is not None and self._time_is_up(t_start, cfg.time_limit):
                             out_of_time = True
+                            if self.is_main and cfg.progress:
+                                tqdm.write(f"time limit of {cfg.time_limit:g} s reached at step {self.step}")
                             break
         except KeyboardInterrupt:
             bar.close()
