@@ -20,14 +20,6 @@ TINY = ["--set", "model.hidden=12", "model.n_blocks=1", "model.head=12", "model.
         "train.tensorboard=false", "train.warmup_steps=0", "train.checkpoint_every=2"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cli") / "run"

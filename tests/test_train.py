@@ -17,15 +17,6 @@ from argen.train import EMA, TrainConfig, Trainer, lr_at, lr_factor, parse_overr
 from argen.train.config import coerce_fields, load_config_file
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convolutions run fastest on one thread, and the test machine's cores are shared
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class TinyData(Dataset):
     """Structured 8x8 images with 4 levels (stripes plus noise) and labels: learnable in a few steps.
 
