@@ -9,7 +9,8 @@ import torch
 
 import argen
 from argen.compress import CorruptFileError, ModelMismatchError, compress_arrays, decompress_arrays, read_container
-from tests.helpers import make_tiny
+from argen.registry import tiny_kwargs
+from tests.helpers import make_tiny, tiny_shapes
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,23 @@ def test_round_trip_other_shapes(name, shape, levels):
     m = make_tiny(name, shape, levels)
     imgs = np.random.default_rng(1).integers(0, levels, (4, *shape)).astype(np.uint8)
     out, _ = decompress_arrays(m, compress_arrays(m, imgs, names=list("abcd"), batch_size=3).to_bytes())
+    assert np.array_equal(out, imgs)
+
+
+CODEC_MODELS = [n for n in argen.list_models()
+                if argen.create_model(n, **{**tiny_kwargs(n), "image_shape": (1, 8, 8), "levels": 4}).exact_likelihood]
+
+
+@pytest.mark.parametrize("name", CODEC_MODELS)
+@pytest.mark.parametrize("path", ["parallel", "stepper"])
+def test_round_trip_every_model(name, path):
+    """Any exact-likelihood model is a lossless codec, by either coding path."""
+    shape = tiny_shapes(name)[-1][0]
+    m = make_tiny(name, shape, 4)
+    imgs = np.random.default_rng(2).integers(0, 4, (3, *shape)).astype(np.uint8)
+    f = compress_arrays(m, imgs, batch_size=2, path=path)
+    assert f.header["path"] == path
+    out, _ = decompress_arrays(m, f.to_bytes())
     assert np.array_equal(out, imgs)
 
 

@@ -5,10 +5,18 @@ sub-pixel's distribution given the true earlier sub-pixels at once. Decoding can
 future, so it walks the model's generation order through the same loop that sampling uses
 (`autoregressive_fill` with a `choose` that reads symbols from the stream instead of drawing).
 
-Bit-exactness: the encoder hands the distribution the same inputs the decoder will (the pixel's
-channels from `channel` on zeroed), one position at a time, so both sides quantize identical
-tables. A SHA-256 of all pixels in the header turns any residual mismatch into a clear error
-rather than wrong pixels.
+Bit-exactness: both sides must quantize identical tables. Two coding paths guarantee it:
+
+- "parallel": the encoder takes every table from one forward pass, handing the distribution the
+  inputs the decoder will (the pixel's channels from `channel` on zeroed); the decoder reruns
+  the full network per step (the naive stepper), so both sides run the same kernels on inputs
+  that differ only where the causal network multiplies by exact zeros.
+- "stepper": for models with a cached sampler, the encoder runs the decoder's own loop with the
+  true values fed in (teacher forcing), so the tables come from the same code on the same
+  inputs. Encoding then costs what decoding costs, and decoding is fast.
+
+A SHA-256 of all pixels in the header turns any residual mismatch (e.g. decoding on other
+hardware) into a clear error rather than wrong pixels.
 
 File layout (`.argz`): magic b"ARGZ", format version (u8), header length (u32 LE), the header
 as compact JSON (model name, weights fingerprint, data shape, levels, batch size, per-image
@@ -29,7 +37,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from argen.checkpoint import weights_fingerprint
-from argen.sampling.naive import autoregressive_fill
+from argen.sampling.naive import NaiveStepper, autoregressive_fill
 
 # constriction is a compiled module whose submodules are attributes, not importable paths
 AnsCoder = constriction.stream.stack.AnsCoder
@@ -71,6 +79,29 @@ def _probs(table: Tensor) -> np.ndarray:
     return table.double().exp().cpu().numpy()
 
 
+def has_fast_stepper(model: Any) -> bool:
+    """True when the model samples with its own (cached) stepper rather than the naive one."""
+    from argen.models.base import ARModel
+
+    return type(model).stepper is not ARModel.stepper
+
+
+def _decode_stepper(model: Any, path: str) -> Any:
+    return model.stepper(None) if path == "stepper" else NaiveStepper(model, None)
+
+
+def _teacher_forced_tables(model: Any, x: Tensor) -> list[Tensor]:
+    """The tables the decoder's loop computes when it is fed the true values (stepper path)."""
+    tables: list[Tensor] = []
+
+    def record(table: Tensor, pos: tuple[int, ...], c: int) -> Tensor:
+        tables.append(table.clone())
+        return x[(slice(None), c, *pos)]
+
+    autoregressive_fill(model, torch.zeros_like(x), None, None, _decode_stepper(model, "stepper"), choose=record)
+    return tables
+
+
 def _step_tables(model: Any, x: Tensor, cond: Tensor | None) -> list[Tensor]:
     """Per (position, channel) step, the (B, L) table the decoder will compute, in decode order."""
     params = model(x, cond)
@@ -88,8 +119,16 @@ def _step_tables(model: Any, x: Tensor, cond: Tensor | None) -> list[Tensor]:
 
 @torch.no_grad()
 def compress_arrays(model: Any, images: np.ndarray, names: list[str] | None = None, batch_size: int = 32,
-                    progress: bool = False) -> CompressedFile:
-    """Compress integer images (N, C, H, W) in [0, levels) with `model`."""
+                    progress: bool = False, path: str | None = None) -> CompressedFile:
+    """Compress integer images (N, C, H, W) in [0, levels) with `model`.
+
+    `path` is "parallel" (one forward pass per batch to encode; decoding reruns the network per
+    step) or "stepper" (encode and decode through the model's cached sampler); by default
+    "stepper" when the model has one.
+    """
+    path = path or ("stepper" if has_fast_stepper(model) else "parallel")
+    if path not in ("parallel", "stepper"):
+        raise ValueError(f"expected path 'parallel' or 'stepper', given {path!r}")
     images = np.asarray(images)
     shape = tuple(model.data_shape)
     if images.ndim != len(shape) + 1 or tuple(images.shape[1:]) != shape:
@@ -106,7 +145,7 @@ def compress_arrays(model: Any, images: np.ndarray, names: list[str] | None = No
     try:
         for start in tqdm(range(0, len(images), batch_size), desc="encode", disable=not progress, leave=False):
             x = torch.as_tensor(images[start:start + batch_size], dtype=torch.long, device=device)
-            tables = _step_tables(model, x, None)
+            tables = _step_tables(model, x, None) if path == "parallel" else _teacher_forced_tables(model, x)
             symbols = np.stack([x[(slice(None), c, *pos)].cpu().numpy()
                                 for pos in model.generation_order() for c in range(model.channels)])  # (steps, B)
             probs = np.stack([_probs(t) for t in tables])  # (steps, B, L)
@@ -125,6 +164,7 @@ def compress_arrays(model: Any, images: np.ndarray, names: list[str] | None = No
         "batch_size": batch_size,
         "names": list(names),
         "pixels_sha256": _pixel_hash(images),
+        "path": path,
     }
     return CompressedFile(header, coder.get_compressed())
 
@@ -143,8 +183,10 @@ def read_container(data: bytes) -> CompressedFile:
         raise CorruptFileError(f"truncated header: file has {len(data)} bytes, header needs {end}")
     try:
         header = json.loads(data[_PREFIX.size:end])
-        for key in ("model", "fingerprint", "shape", "levels", "batch_size", "names", "pixels_sha256"):
+        for key in ("model", "fingerprint", "shape", "levels", "batch_size", "names", "pixels_sha256", "path"):
             header[key]
+        if header["path"] not in ("parallel", "stepper"):
+            raise KeyError(f"unknown coding path {header['path']!r}")
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise CorruptFileError(f"corrupt header ({e})") from None
     body = data[end:]
@@ -182,7 +224,7 @@ def decompress_arrays(model: Any, file: CompressedFile | bytes, progress: bool =
         for start in tqdm(range(0, n, h["batch_size"]), desc="decode", disable=not progress, leave=False):
             b = min(h["batch_size"], n - start)
             x = torch.zeros((b, *h["shape"]), dtype=torch.long, device=model.device)
-            autoregressive_fill(model, x, None, None, model.stepper(None), choose=choose)
+            autoregressive_fill(model, x, None, None, _decode_stepper(model, h.get("path", "parallel")), choose=choose)
             out[start:start + b] = x.cpu().numpy().astype(np.uint8)
     finally:
         model.train(was_training)
