@@ -54,6 +54,7 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
     time_limit: float | None = None  # seconds of training; stops early at a step boundary (benchmarks)
+    time_clock: str = "wall"  # "wall", or "cpu": this process's CPU seconds (fair budgets on a busy machine)
     find_unused_parameters: bool = False  # DDP: set for models that skip parameters in some steps
 
     def validate(self) -> None:
@@ -84,6 +85,8 @@ class TrainConfig:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], given {self.min_lr_ratio}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"train.grad_clip must be None or > 0, given {self.grad_clip}")
+        if self.time_clock not in ("wall", "cpu"):
+            raise ValueError(f"train.time_clock must be 'wall' or 'cpu', given {self.time_clock!r}")
         if self.time_limit is not None and not self.time_limit > 0:
             raise ValueError(f"train.time_limit must be None or > 0 seconds, given {self.time_limit}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:

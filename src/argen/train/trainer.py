@@ -205,9 +205,9 @@ class Trainer:
         self._in_update = False
         return loss.detach(), (grad_norm.detach() if grad_norm is not None else None)
 
-    def _time_is_up(self, t_start: float, limit: float) -> bool:
+    def _time_is_up(self, elapsed: float, limit: float) -> bool:
         """True once `limit` seconds have passed; under DDP every rank follows rank 0's clock."""
-        up = float(time.perf_counter() - t_start >= limit) if self.is_main else 0.0
+        up = float(elapsed >= limit) if self.is_main else 0.0
         if self.dist.enabled:
             up = D.all_reduce_sum([up], self.device)[0]
         return up > 0
@@ -226,7 +226,8 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         norm_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         count, t_last = 0, time.perf_counter()
-        t_start, out_of_time = t_last, False
+        clock = time.process_time if cfg.time_clock == "cpu" else time.perf_counter
+        t_start, out_of_time = clock(), False
         try:
             with _InterruptFlag() as interrupt:
                 while self.step < cfg.steps and not out_of_time:
@@ -254,10 +255,10 @@ class Trainer:
                             raise KeyboardInterrupt
                         if self.step >= cfg.steps:
                             break
-                        if cfg.time_limit is not None and self._time_is_up(t_start, cfg.time_limit):
+                        if cfg.time_limit is not None and self._time_is_up(clock() - t_start, cfg.time_limit):
                             out_of_time = True
                             if self.is_main and cfg.progress:
-                                tqdm.write(f"time limit of {cfg.time_limit:g} s reached at step {self.step}")
+                                tqdm.write(f"time limit of {cfg.time_limit:g} {cfg.time_clock} seconds reached at step {self.step}")
                             break
         except KeyboardInterrupt:
             bar.close()

@@ -1,0 +1,95 @@
+"""Train every model for the same CPU budget on the embedded data and compare them.
+
+Reports test bits/dim (exact, or the bound for models whose likelihood is a bound), training
+images/s, and seconds per sampled image with the naive sampler and with the model's own sampler.
+Not a test: it takes `--budget` seconds per model plus evaluation and sampling.
+
+    python benchmarks/bpd.py --budget 180                   # all models, 8-bit grey 28x28 MNIST
+    python benchmarks/bpd.py --models pixelcnn gated_pixelcnn --budget 60
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import argen
+from argen.data import load_dataset
+from argen.train import TrainConfig, Trainer
+
+
+def time_sampling(model, naive: bool, n: int = 1, seed: int = 0) -> float:
+    """Seconds per image to sample a batch of n."""
+    t0 = time.perf_counter()
+    model.sample(n, generator=torch.Generator().manual_seed(seed), naive=naive)
+    return (time.perf_counter() - t0) / n
+
+
+def run_one(name: str, args: argparse.Namespace, train, test) -> dict:
+    torch.manual_seed(0)
+    model = argen.create_model(name, image_shape=train.shape, levels=train.levels)
+    n_params = sum(p.numel() for p in model.parameters())
+    cfg = TrainConfig(steps=10**9, time_limit=args.budget, time_clock="cpu", batch_size=args.batch_size, lr=args.lr,
+                      warmup_steps=50, ema_decay=0.999, grad_clip=1.0, eval_examples=args.eval_examples,
+                      sample_every=None, tensorboard=False, progress=False, checkpoint_every=10**9, seed=0)
+    out_dir = Path(args.out) / name
+    t0 = time.perf_counter()
+    trainer = Trainer(model, train, cfg, run_dir=out_dir, eval_data=test, device="cpu")
+    metrics = trainer.fit()
+    train_seconds = time.perf_counter() - t0  # wall time, including the final evaluation
+    steps = metrics["step"]
+    model = argen.load(out_dir).eval()  # EMA weights, as `argen eval` uses
+    row = {
+        "model": name,
+        "params": n_params,
+        "steps": steps,
+        "train_img_per_cpu_s": steps * args.batch_size / args.budget,
+        "test_bpd": metrics.get("test_bpd"),
+        "exact": bool(model.exact_likelihood),
+    }
+    with torch.no_grad():
+        row["naive_s_per_img"] = time_sampling(model, naive=True)
+        row["sample_s_per_img"] = time_sampling(model, naive=False)
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="*", default=None, help="default: every registered model")
+    p.add_argument("--data", default="mnist", help="dataset (default: mnist, 8-bit grey 28x28)")
+    p.add_argument("--budget", type=float, default=360.0,
+                   help="training CPU seconds per model, all threads summed (default: 360, i.e. ~3 min on 2 cores)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--eval-examples", type=int, default=1000, help="test images evaluated (default: all 1000)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="runs/bench-bpd")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    train, test = load_dataset(args.data, "train"), load_dataset(args.data, "test")
+    names = args.models or argen.list_models()
+    rows = []
+    for name in names:
+        print(f"== {name}", flush=True)
+        rows.append(run_one(name, args, train, test))
+        print(json.dumps(rows[-1]), flush=True)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=2))
+    print(f"\n{args.data}, {args.budget:.0f} CPU-seconds of training per model, batch {args.batch_size}, AdamW lr {args.lr}, "
+          f"EMA 0.999; {torch.get_num_threads()} CPU threads on {platform.processor() or platform.machine()} "
+          f"({os.cpu_count()} cores)\n")
+    print("| model | params | steps | train img per CPU-s | test bits/dim | naive sampling s/img | default sampler s/img |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        bpd = f"{r['test_bpd']:.3f}" + ("" if r["exact"] else " (bound)")
+        print(f"| {r['model']} | {r['params']:,} | {r['steps']} | {r['train_img_per_cpu_s']:.1f} | {bpd} | "
+              f"{r['naive_s_per_img']:.2f} | {r['sample_s_per_img']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
