@@ -11,6 +11,7 @@ after). The layer itself lives in `argen.nn.gated`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -75,3 +76,9 @@ class GatedPixelCNN(ARModel):
             if s is not None:
                 skips = s if skips is None else skips + s
         return self.head(skips if skips is not None else h)
+
+    def stepper(self, cond: Tensor | None) -> Any:
+        """Exact cached sampling: per step only the outputs the new pixel affects are computed."""
+        from argen.sampling.cached import CachedStepper
+
+        return CachedStepper(self, cond)

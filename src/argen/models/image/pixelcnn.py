@@ -7,6 +7,7 @@ place (Gated PixelCNN removes it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor, nn
 
@@ -71,3 +72,9 @@ class PixelCNN(ARModel):
         if bias is not None:
             h = h + bias
         return self.head(self.blocks(h))
+
+    def stepper(self, cond: Tensor | None) -> Any:
+        """Exact cached sampling: per step only the outputs the new pixel affects are computed."""
+        from argen.sampling.cached import CachedStepper
+
+        return CachedStepper(self, cond)

@@ -13,6 +13,7 @@ linearly on the earlier channels), so the network never needs channel masks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -129,3 +130,9 @@ class PixelCNNpp(ARModel):
                 ul = bul(ul, torch.cat([u, uls.pop()], dim=1), cond=cond)
         assert not us and not uls, "every up-pass output is consumed exactly once"
         return self.out(F.elu(ul))
+
+    def stepper(self, cond: Tensor | None) -> Any:
+        """Exact cached sampling: per step only the outputs the new pixel affects are computed."""
+        from argen.sampling.cached import CachedStepper
+
+        return CachedStepper(self, cond)
