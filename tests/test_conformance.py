@@ -158,7 +158,7 @@ def test_training_lowers_loss(name):
     # structured data (each image one flat value) so that a few steps can make progress
     x = (torch.arange(8) % levels).view(8, 1, 1, 1).expand(8, *shape).contiguous()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    first = float(model.loss(x))
+    first = float(model.loss(x).detach())
     for _ in range(30):
         opt.zero_grad()
         loss = model.loss(x)
