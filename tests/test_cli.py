@@ -204,3 +204,21 @@ def test_eval_with_sample_metrics(run, capsys):
     record = json.loads((run / "eval.json").read_text())
     metrics = record["sample_metrics"]
     assert metrics["fid_mnist"] > 0 and "NOT comparable" in metrics["features"]
+
+
+def test_eval_lmconv_order_ensemble(tmp_path, capsys):
+    """`argen eval --orders N` averages LMConv's likelihood over N orders and names them."""
+    from argen.registry import tiny_kwargs
+
+    model = argen.create_model("lmconv", image_shape=(1, 28, 28), levels=4, **tiny_kwargs("lmconv"))
+    argen.save(model, tmp_path / "run", data="mnist-2bit")
+    assert main(["eval", str(tmp_path / "run"), "--orders", "2", "--max-examples", "4", "--batch-size", "4",
+                 "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    record = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert record["orders"] == ["s_curve:0", "s_curve:1"] and "averaging the likelihood over 2 orders" in out
+    assert main(["eval", str(tmp_path / "run"), "--orders", "2", "--max-examples", "4"]) == 0
+    capsys.readouterr()
+    argen.save(argen.create_model("pixelcnn", image_shape=(1, 28, 28), levels=4, **tiny_kwargs("pixelcnn")),
+               tmp_path / "pc", data="mnist-2bit")
+    assert main(["eval", str(tmp_path / "pc"), "--orders", "2", "--max-examples", "4"]) == 2

@@ -280,6 +280,8 @@ def register_eval(sub: Any) -> None:
     p.add_argument("--split", default="test", help="train or test (default: test)")
     p.add_argument("--batch-size", type=int, default=100, help="examples per forward pass (default: 100)")
     p.add_argument("--max-examples", type=int, default=None, help="evaluate the first N examples only")
+    p.add_argument("--orders", type=int, default=None, metavar="N",
+                   help="models that generate in any order (lmconv): average the likelihood over N orders")
     _add_device(p)
     from argen.metrics.commands import add_eval_arguments
 
@@ -302,11 +304,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     desc = run_description(args.run)
     full = run_dataset(desc, args.data, args.data_root, args.split, model)
     ds = full if args.max_examples is None else Subset(full, range(min(len(full), args.max_examples)))
-    result = evaluate_bpd(model, DataLoader(ds, batch_size=args.batch_size), device=device, progress=True)
+    log_prob, orders = None, None
+    if args.orders is not None:
+        if not hasattr(model, "log_prob_ensemble"):
+            raise ValueError(f"--orders needs a model that generates in any order (lmconv), given {model.model_name!r}")
+        orders = model.eval_orders(args.orders)
+        log_prob = lambda x, cond: model.log_prob_ensemble(x, orders, cond=cond)  # noqa: E731
+        print(f"averaging the likelihood over {len(orders)} orders: "
+              + ", ".join(f"{name}:{variant}" for name, variant in orders))
+    result = evaluate_bpd(model, DataLoader(ds, batch_size=args.batch_size), device=device, progress=True,
+                          log_prob=log_prob)
     exact = bool(model.exact_likelihood)
     record = {"data": args.data or desc.get("data"), "split": args.split, "bpd": result["bpd"],
               "nats": result["nats"], "n": result["n"], "exact": exact, "step": desc.get("step"),
-              "weights": "ema" if (Path(args.run) / "ema.safetensors").is_file() else "model"}
+              "weights": "ema" if (Path(args.run) / "ema.safetensors").is_file() else "model",
+              "orders": [f"{name}:{variant}" for name, variant in orders] if orders else None}
     kind = "exact likelihood" if exact else "upper bound: this model's likelihood is a bound"
     print(f"{record['data']} {args.split}: {result['bpd']:.4f} bits/dim, {result['nats']:.2f} nats/example "
           f"over {result['n']} examples ({kind})")

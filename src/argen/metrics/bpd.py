@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor
@@ -16,8 +16,13 @@ def bits_per_dim(log_prob: Tensor | float, num_dims: int) -> Tensor | float:
 
 @torch.no_grad()
 def evaluate_bpd(model: Any, batches: Iterable[tuple[Tensor, Tensor | None]], device: torch.device | str | None = None,
-                 use_labels: bool = True, progress: bool = False, max_batches: int | None = None) -> dict[str, float]:
-    """Average exact test bits/dim (and nats per example) over an iterable of (x, label) batches."""
+                 use_labels: bool = True, progress: bool = False, max_batches: int | None = None,
+                 log_prob: Callable[[Tensor, Tensor | None], Tensor] | None = None) -> dict[str, float]:
+    """Average exact test bits/dim (and nats per example) over an iterable of (x, label) batches.
+
+    `log_prob(x, cond)` replaces `model.log_prob` (e.g. LMConv's average over several orders).
+    """
+    log_prob = log_prob or model.log_prob
     was_training = model.training
     model.eval()
     device = device or model.device
@@ -27,7 +32,7 @@ def evaluate_bpd(model: Any, batches: Iterable[tuple[Tensor, Tensor | None]], de
             if max_batches is not None and i >= max_batches:
                 break
             cond = y.to(device) if (use_labels and model.config.num_classes and y is not None) else None
-            lp = model.log_prob(x.to(device), cond)
+            lp = log_prob(x.to(device), cond)
             total_lp += float(lp.double().sum())
             count += x.shape[0]
     finally:
