@@ -30,6 +30,7 @@ logits are put back in the (B, C*L, H, W) layout of `argen.distributions.Categor
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from einops import rearrange
@@ -167,28 +168,49 @@ class ImageTransformer(ARModel):
         flat = rearrange(x, "b c h w -> b (h w) c")
         return flat[:, self.slot_pixel, self.slot_channel]
 
-    def embed(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        """(B, N, d) slot inputs: the shifted sub-pixel values plus positions (and class)."""
-        seq = self.to_sequence(x)
-        tokens = self.slot_channel * self.levels + seq  # per-channel value table
-        start = torch.full_like(tokens[:, :1], self.value_embed.num_embeddings - 1)
-        h = self.value_embed(torch.cat([start, tokens[:, :-1]], 1))
-        w = self.config.image_shape[2]
-        h = h + self.row_embed[self.slot_pixel // w] + self.col_embed[self.slot_pixel % w] + self.channel_embed[self.slot_channel]
+    def embed(self, x: Tensor, cond: Tensor | None = None, start: int = 0, end: int | None = None) -> Tensor:
+        """(B, T, d) inputs of slots [start, end) (default: all N): the shifted sub-pixel values
+        plus positions (and class). A slot range reads only the sub-pixels [start - 1, end - 1),
+        so cached sampling embeds just the slots it decodes (same values as the full call)."""
+        n = self.pattern.length
+        end = n if end is None else end
+        if not 0 <= start < end <= n:
+            raise ValueError(f"expected slots 0 <= start < end <= {n}, given [{start}, {end})")
+        prev = slice(max(start - 1, 0), end - 1)  # sub-pixels that slots [start, end) carry
+        flat = rearrange(x, "b c h w -> b (h w) c")
+        tokens = self.slot_channel[prev] * self.levels + flat[:, self.slot_pixel[prev], self.slot_channel[prev]]
+        if start == 0:  # slot 0 carries the start token
+            first = torch.full_like(flat[:, :1, 0], self.value_embed.num_embeddings - 1)
+            tokens = torch.cat([first, tokens], 1)
+        h = self.value_embed(tokens)
+        w, slots = self.config.image_shape[2], slice(start, end)
+        pix = self.slot_pixel[slots]
+        h = h + self.row_embed[pix // w] + self.col_embed[pix % w] + self.channel_embed[self.slot_channel[slots]]
         bias = self.class_embed(cond)
         if bias is not None:
             h = h + bias[:, None, :, 0, 0]
         return self.drop(h)
 
-    def trunk(self, h: Tensor, caches: list[KVCache] | None = None, start: int = 0) -> Tensor:
+    def trunk(self, h: Tensor, caches: list[KVCache] | None = None, start: int = 0,
+              pattern: AttentionPattern | None = None) -> Tensor:
         """Slot inputs (B, T, d) -> per-slot logits (B, T, L). With caches, h holds slots
-        [start, start + T) and earlier slots come from the caches (prefill / decode)."""
+        [start, start + T) and earlier slots come from the caches (prefill / decode).
+        `pattern` replaces the model's own for this call (cached sampling passes a view that
+        attends to the current window of the caches only)."""
+        pattern = self.pattern if pattern is None else pattern
         for i, block in enumerate(self.blocks):
-            h = block(h, self.pattern, None if caches is None else caches[i], start)
+            h = block(h, pattern, None if caches is None else caches[i], start)
         return self.head(self.norm(h))
 
     def new_caches(self, batch: int) -> list[KVCache]:
         return [b.attn.new_cache(batch, self.pattern.length, self.device) for b in self.blocks]
+
+    def stepper(self, cond: Tensor | None) -> Any:
+        """Exact cached sampling: prefill what is known, then decode one slot per sub-pixel from
+        the static KV caches (`argen.sampling.transformer_cache`)."""
+        from argen.sampling.transformer_cache import TransformerStepper
+
+        return TransformerStepper(self, cond)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         logits = self.trunk(self.embed(x, cond))  # (B, N, L) in slot order

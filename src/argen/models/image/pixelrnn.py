@@ -17,19 +17,18 @@ the LSTM gates keep that grouping (`nn.recurrent`), so channel g at a pixel sees
   in rows < i encodes it (mask A keeps it out of its own position), and the row-i features that
   do sit at columns >= W - 1 - first_kernel // 2, in the future of the pixels before them.
 
-Cached sampling (not built here) plugs in through the layers' `step(gates, state)`: the Row
-LSTM's state for row i is (h, c) of row i-1, and the gates of pixel (i, j) depend on this row
-only at columns <= j, so a sampler keeps each layer's row-above state (and the first layer's last
-k//2 input rows), re-steps the current row per pixel, and commits the state when the row is
-done. The Diagonal BiLSTM's left-to-right direction is the 2-D recurrence
-h(i, j) = f(x(i, j), h(i-1, j), h(i, j-1)), i.e. `step` on a one-pixel diagonal: a raster sampler
-carries the previous row's and the left neighbour's states; the shifted right-to-left direction
-only needs rows < i, so it runs once per finished row.
+Cached sampling (`argen.sampling.recurrent_cache`, the models' `stepper`) carries the states:
+the Row LSTM's state for row i is (h, c) of row i-1, and the gates of pixel (i, j) depend on this
+row only at columns j-1 and j, so per pixel each layer computes one column from the carried
+row-above state. The Diagonal BiLSTM's left-to-right direction is the 2-D recurrence
+h(i, j) = f(x(i, j), h(i-1, j), h(i, j-1)): per pixel one cell update from the carried upper and
+left states; the shifted right-to-left direction only needs rows < i, so it runs once per
+finished row. O(n_layers) work per pixel either way.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -182,6 +181,12 @@ class PixelRNN(ARModel):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         return self.forward_float(scale_input(x, self.levels), cond)
+
+    def stepper(self, cond: Tensor | None) -> Any:
+        """Exact cached sampling: carried LSTM states, one new column per layer per pixel."""
+        from argen.sampling.recurrent_cache import RecurrentStepper
+
+        return RecurrentStepper(self, cond)
 
     def forward_float(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """The network on already scaled float input (B, C, H, W), differentiable w.r.t. the pixels."""
