@@ -39,6 +39,8 @@ DEFAULT_MODELS = [
     "image_transformer:attention=full",
     "pixelrnn_row",
     "pixelrnn_diag",
+    "pixelsnail",
+    "lmconv",
 ]
 
 

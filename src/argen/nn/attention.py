@@ -307,6 +307,19 @@ class MultiHeadAttention(nn.Module):
         return self.out(rearrange(out, "b h t d -> b t (h d)"))
 
 
+def map_attention(attn: MultiHeadAttention, pattern: AttentionPattern, x: Tensor, kv: Tensor | None = None) -> Tensor:
+    """`attn` between the pixels of (B, C, H, W) feature maps (raster positions): x (B, dim, H, W),
+    kv (B, kv_dim, H, W) or None (= x) -> (B, out_dim, H, W).
+
+    A model that calls this (after `torch.fx.wrap("map_attention")` in its own module) is traced
+    by the cached sampler (argen.sampling.cached) as one layer whose query at pixel p reads the
+    key/value map only where `pattern.allowed(p, .)` holds.
+    """
+    seq = "b c h w -> b (h w) c"
+    out = attn(rearrange(x, seq), pattern, kv=None if kv is None else rearrange(kv, seq))
+    return rearrange(out, "b (h w) c -> b c h w", h=x.shape[2])
+
+
 class TransformerBlock(nn.Module):
     """Pre-norm decoder block: x + attn(LN(x)); x + MLP(LN(x)) (GPT-2 layout)."""
 

@@ -139,5 +139,15 @@ class LocallyMaskedConv2d(nn.Conv2d):
             mask = self.masks(self.kernel_size[0], self.dilation[0], self.include_centre)
         return locally_masked_conv2d(x, self.weight, self.bias, mask, self.dilation[0])
 
+    def location_mask(self) -> Tensor:
+        """(k*k, H*W) 0/1: the taps each output location keeps under the current order of `masks`
+        (one order for the whole batch); what a cached sampler builds its index table from."""
+        if self.masks is None:
+            raise ValueError("this layer was built without an OrderMasks: it has no current order")
+        mask = self.masks(self.kernel_size[0], self.dilation[0], self.include_centre)
+        if mask.shape[0] != 1:
+            raise ValueError(f"expected one order for the whole batch, given {mask.shape[0]}")
+        return mask[0]
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", include_centre={self.include_centre}"

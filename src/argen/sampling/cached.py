@@ -11,8 +11,14 @@ as leaves) into a graph of
   - pointwise operations (activations, gates, sums, channel cat/chunk, class biases), which run
     as traced on (B, n, C) rows holding n positions of a map (channel-dim arguments and
     (B, C, 1, 1) constants re-aimed at the last dim).
-Nothing here knows a model; a graph with anything else (attention, recurrences) is refused with
+  - attention between pixels (`argen.nn.attention.map_attention`, PixelSNAIL): the queries of the
+    positions computed now attend to a growing buffer of keys/values, each projected once,
+  - convolutions masked per location (LMConv's `location_mask()`): masked taps read zero.
+Nothing here knows a model; a graph with anything else (recurrences) is refused with
 `UnsupportedLayer` when the stepper is created (such a model keeps `NaiveStepper`).
+
+Any generation order (LMConv): every map is re-indexed by generation rank instead of raster
+index (index tables included), and the schedule below runs unchanged in rank order.
 
 Scheduling, from the index tables alone: `avail[op][n]` = how many leading positions (raster
 order) of each map can be computed once the first n image pixels are known. At step t the
@@ -37,7 +43,9 @@ from __future__ import annotations
 
 import inspect
 import operator
+import warnings
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -45,8 +53,10 @@ import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
+from argen.nn.attention import attend, map_attention
 from argen.sampling.conv_cache import (
     CHANNEL_FUNCTIONS,
     CHANNEL_METHODS,
@@ -64,7 +74,10 @@ from argen.sampling.conv_cache import (
 
 class _Tracer(fx.Tracer):
     """Convolutions are leaves (their cached versions come from `cached_conv`); everything else
-    is traced through down to torch functions."""
+    is traced through down to torch functions. Buffers are proxied, so a constant buffer may be
+    expanded to the batch size (PixelSNAIL's coordinate grid) and stays a static value."""
+
+    proxy_buffer_attributes = True
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) or super().is_leaf_module(m, qualname)
@@ -84,15 +97,22 @@ class _Recorder(fx.Interpreter):
         return super().run_node(n)
 
 
-def _trace(model: nn.Module, with_cond: bool) -> fx.GraphModule:
+def _trace(model: nn.Module, with_cond: bool, order: Tensor | None = None) -> fx.GraphModule:
     """forward(x, cond, *rest): x is traced; cond too when given, else fixed to None; further
-    parameters keep their defaults (e.g. a model's default generation order)."""
+    parameters keep their defaults (e.g. a model's default generation order), except `order`
+    when one is given (fixed to it: the graph is that order's network)."""
     params = list(inspect.signature(model.forward).parameters.values())
     concrete = {p.name: p.default for p in params[2:] if p.default is not inspect.Parameter.empty}
+    if order is not None:
+        if "order" not in concrete:
+            raise UnsupportedLayer(f"{type(model).__name__}.forward takes no `order`: it samples in its own order only")
+        concrete["order"] = order
     if len(params) > 1 and not with_cond:
         concrete[params[1].name] = None
     try:
-        graph = _Tracer().trace(model, concrete_args=concrete or None)
+        with warnings.catch_warnings():  # fx cannot guard a specialised tensor argument (the order): we never vary it
+            warnings.filterwarnings("ignore", message="Was not able to add assertion")
+            graph = _Tracer().trace(model, concrete_args=concrete or None)
     except Exception as e:  # data-dependent control flow and the like
         raise UnsupportedLayer(f"{type(model).__name__}.forward cannot be traced for cached sampling: {e}") from e
     return fx.GraphModule(model, graph)
@@ -117,6 +137,9 @@ class _Op:
     tuple_node: fx.Node | None = None  # pointwise: call producing a tuple, of which `node` picks one
     slots: dict[fx.Node, int] = field(default_factory=dict)  # data node -> index into `inputs`
     channels_picked: slice | None = None  # pointwise channel selection x[:, channels_picked]
+    consts: dict[fx.Node, int] = field(default_factory=dict)  # pointwise: static map -> extra read slot
+    attn: nn.Module | None = None  # attention: the MultiHeadAttention
+    pattern: Any = None  # attention: its AttentionPattern
 
     @property
     def size(self) -> int:
@@ -219,6 +242,8 @@ class _GraphBuilder:
             if isinstance(mod, POINTWISE_MODULES):
                 return self._pointwise(n)
             raise UnsupportedLayer(f"{n.name}: module {type(mod).__name__} has no cached version")
+        if n.op == "call_function" and n.target is map_attention:
+            return self._attention(n)
         if n.op == "call_function" and n.target is operator.getitem:
             return self._getitem(n)
         if n.op == "call_function" and n.target is F.pad:
@@ -255,9 +280,34 @@ class _GraphBuilder:
                 op.tables.append(None)
             else:
                 v = self.env[a]
-                if isinstance(v, Tensor) and v.dim() >= 1 and v.shape[-2:].numel() != 1:
+                if isinstance(v, Tensor) and v.dim() == 4 and tuple(v.shape[-2:]) == op.hw and op.hw != (1, 1):
+                    op.consts[a] = -1  # a static map of the same size: read position by position
+                elif isinstance(v, Tensor) and v.dim() >= 1 and v.shape[-2:].numel() != 1:
                     raise UnsupportedLayer(f"{n.name}: a constant with spatial extent {tuple(v.shape)} has no cached version")
         op.node, op.tuple_node = n, tuple_node
+        return op
+
+    def _attention(self, n: fx.Node) -> _Op:
+        """map_attention(attn, pattern, x, kv): the query at position q reads x at q and the key/value
+        map at the positions its pattern allows (the table holds the last one; -1: none)."""
+        names = ["attn", "pattern", "x", "kv"]
+        bound = dict(zip(names, n.args))
+        bound.update(n.kwargs)
+        attn, pattern = self._static(bound.get("attn")), self._static(bound.get("pattern"))
+        x, kv = bound.get("x"), bound.get("kv", None)
+        kv = x if kv is None else kv
+        if not isinstance(x, fx.Node) or not isinstance(kv, fx.Node) or x not in self.op_of or kv not in self.op_of:
+            raise UnsupportedLayer(f"{n.name}: map_attention of values that have no cached version")
+        op = self._new(n, "attention")
+        qs, ks = self.op_of[x], self.op_of[kv]
+        if self.ops[qs].hw != op.hw or self.ops[ks].hw != op.hw or getattr(pattern, "length", None) != op.size:
+            raise UnsupportedLayer(f"{n.name}: attention between maps of sizes {self.ops[qs].hw}, {self.ops[ks].hw} "
+                                   f"with a pattern of length {getattr(pattern, 'length', None)}; expected {op.hw}")
+        with torch.no_grad():
+            dense = pattern.dense().cpu().numpy()  # (N, N) queries x keys
+        last = np.where(dense.any(1), dense.shape[1] - 1 - np.argmax(dense[:, ::-1], axis=1), -1)
+        op.inputs, op.tables = [qs, ks], [None, last[:, None].astype(np.int64)]
+        op.attn, op.pattern = attn, pattern
         return op
 
     def _getitem(self, n: fx.Node) -> _Op:
@@ -320,6 +370,7 @@ class CachePlan:
     ops: list[_Op]
     out: int
     image_hw: tuple[int, int]
+    perm: Tensor | None  # position t of every map = raster index perm[t] (None: raster order)
     tentative: bool  # the parameters at pixel t depend on earlier channels of pixel t
     storage: list[str]  # per op: "x" (read from the image), "buffer", "step" (lives within a step)
     needed: np.ndarray  # (n_ops, Q): positions of each map computed by the call at step t
@@ -350,9 +401,28 @@ def _prefix_max_reads(op: _Op, k: int, src_size: int) -> np.ndarray:
     return np.maximum.accumulate(reads.astype(np.int64))
 
 
-def build_plan(model: nn.Module, with_cond: bool) -> CachePlan:
-    """Trace `model`, check every cached operation against the model's own forward, and schedule."""
-    gm = _trace(model, with_cond)
+def _permute(builder: _GraphBuilder, image_hw: tuple[int, int], order: Tensor) -> Tensor:
+    """Re-index every map by generation rank instead of raster index (tables and all), so the
+    raster-order schedule below serves any order; only full-size maps can be re-indexed."""
+    perm = (order[:, 0] * image_hw[1] + order[:, 1]).cpu().numpy().astype(np.int64)
+    rank = np.empty_like(perm)
+    rank[perm] = np.arange(len(perm))
+    rank_or_pad = np.append(rank, -1)  # table entry -1 (padding) stays -1
+    for op in builder.ops:
+        if op.hw != image_hw:
+            raise UnsupportedLayer(f"{op.name}: a map of size {op.hw} cannot follow a generation order over {image_hw}")
+        if op.kind == "attention":
+            raise UnsupportedLayer(f"{op.name}: cached attention follows the raster order only")
+        op.tables = [None if t is None else rank_or_pad[t[perm]] for t in op.tables]
+    return torch.as_tensor(perm)
+
+
+def build_plan(model: nn.Module, with_cond: bool, order: Tensor | None = None) -> CachePlan:
+    """Trace `model`, check every cached operation against the model's own forward, and schedule.
+
+    `order` (H*W, 2): generate in this order, passed to the model's forward as `order=` (a model
+    whose network depends on the order, such as LMConv); default: the raster order."""
+    gm = _trace(model, with_cond, order)
     c, h, w = model.data_shape
     dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(0)
@@ -374,7 +444,8 @@ def build_plan(model: nn.Module, with_cond: bool) -> CachePlan:
     if ops[out].hw != (h, w) or builder.ops[0].kind != "input":
         raise UnsupportedLayer(f"expected parameters of spatial size {(h, w)}, given {ops[out].hw}")
     tentative = bool(model.distribution.output_depends_on_current_pixel) and c > 1
-    plan = _schedule(gm, builder, (h, w), tentative)
+    perm = _permute(builder, (h, w), order) if order is not None else None
+    plan = _schedule(gm, builder, (h, w), tentative, perm)
     _check_plan(plan, x1, cond1, rec.env[builder.out_node])
     # keep only shapes of the example's feature maps (the memoized plan must not hold them)
     builder.env = {n: _to_meta(v) if n in builder.data else v for n, v in builder.env.items()}
@@ -387,7 +458,8 @@ def _to_meta(v: Any) -> Any:
     return type(v)(_to_meta(e) for e in v)
 
 
-def _schedule(gm: fx.GraphModule, builder: _GraphBuilder, image_hw: tuple[int, int], tentative: bool) -> CachePlan:
+def _schedule(gm: fx.GraphModule, builder: _GraphBuilder, image_hw: tuple[int, int], tentative: bool,
+              perm: Tensor | None = None) -> CachePlan:
     ops, out = builder.ops, builder.out
     n_ops, q = len(ops), image_hw[0] * image_hw[1]
     consumers: list[list[tuple[int, int]]] = [[] for _ in ops]
@@ -420,10 +492,11 @@ def _schedule(gm: fx.GraphModule, builder: _GraphBuilder, image_hw: tuple[int, i
         if bad.size:
             t = int(bad[0])
             raise UnsupportedLayer(
-                f"{ops[i].name} is not causal in raster order: the parameters at pixel {divmod(t, image_hw[1])} need "
+                f"{ops[i].name} is not causal in {'raster' if perm is None else 'the given'} order: the parameters at "
+                f"step {t} need "
                 f"{int(need[t])} of its positions, only {int(now[i][t])} are computable"
             )
-        width = ops[i].hw[1]
+        width = ops[i].hw[1] if perm is None else 1  # rows mean nothing in another order
         row_end = -(-need // width) * width  # finish the row where that is already computable
         needed[i] = np.maximum(need, np.minimum(final[i], row_end))
     done = np.minimum(needed, final)
@@ -454,7 +527,7 @@ def _schedule(gm: fx.GraphModule, builder: _GraphBuilder, image_hw: tuple[int, i
             res.append([(i, int(a[i]), int(b[i])) for i in np.nonzero(a < b)[0].tolist()])
         return res
 
-    return CachePlan(gm, builder, ops, out, image_hw, tentative, storage, needed, done,
+    return CachePlan(gm, builder, ops, out, image_hw, perm, tentative, storage, needed, done,
                      lists(done_before), lists(done) if tentative else [[] for _ in range(q)])
 
 
@@ -542,8 +615,16 @@ class CacheState:
         }
         for buf in self.buffers.values():
             buf[:, -1].zero_()
-        self.xflat = x.reshape(b, x.shape[1], -1)
+        self.perm = plan.perm.to(dev) if plan.perm is not None else None
+        self.xflat = self._flat(x)
+        self.fresh: dict[int, int] = {}  # op -> first position computed by the current call
+        self.track_fresh = any(op.kind == "attention" for op in ops)
         self.runners: list[Callable[[int, int, dict], None]] = [self._runner(j) for j in range(len(ops))]
+
+    def _flat(self, x: Tensor) -> Tensor:
+        """(B, C, positions) of the image, positions in the plan's order."""
+        flat = x.reshape(self.batch, x.shape[1], -1)
+        return flat if self.perm is None else flat.index_select(2, self.perm)
 
     # -- reading and writing ranges of maps; a range of a map is a (B, n, C) "rows" tensor --
     def _reader(self, j: int) -> Callable[[int, int, dict], Tensor]:
@@ -616,7 +697,46 @@ class CacheState:
         if op.kind == "gather":
             idx, src = self._index(j, 0), self.buffers[op.inputs[0]]
             return lambda a, b, vals: write(a, b, vals, torch.index_select(src, 1, idx[a:b]))
+        if op.kind == "attention":
+            return self._attention_runner(j, write)
         return self._pointwise_runner(j, write)
+
+    def _attention_runner(self, j: int, write: Callable) -> Callable[[int, int, dict], None]:
+        """Queries of the positions computed now attend to a growing cache of projected keys/values.
+
+        Keys/values are projected once per position of the key/value map, except where that map
+        was recomputed in this call (a categorical head's earlier channels of the current pixel):
+        from there on they are projected again.
+        """
+        op = self.plan.ops[j]
+        mha, bsz = op.attn, self.batch
+        assert mha is not None and op.pattern is not None
+        read_q, src = self._reader(op.inputs[0]), op.inputs[1]
+        kv_buf = self.buffers[src]
+        upto = np.maximum.accumulate(op.tables[1][:, 0]) + 1  # keys read by queries <= q
+        heads, qk, vd = mha.heads, mha.qk_dim, mha.v_dim
+        dev, dtype = kv_buf.device, kv_buf.dtype
+        # zeros, not empty: a query with no allowed key attends to (masked) key 0 before it exists
+        k_cache = torch.zeros(bsz, heads, op.size, qk // heads, device=dev, dtype=dtype)
+        v_cache = torch.zeros(bsz, heads, op.size, vd // heads, device=dev, dtype=dtype)
+        mask = op.pattern.dense().to(dev)
+        projected = [0]  # keys [0, projected) are in the caches and current
+        split = "b t (h d) -> b h t d"
+
+        def run_attention(a: int, b: int, vals: dict) -> None:
+            lo = min(projected[0], self.fresh.get(src, projected[0]))
+            end = int(upto[b - 1])
+            if lo < end:
+                k, v = mha.kv(kv_buf[:, lo:end]).split([qk, vd], dim=-1)
+                k_cache[:, :, lo:end] = rearrange(k, split, h=heads)
+                v_cache[:, :, lo:end] = rearrange(v, split, h=heads)
+            projected[0] = max(lo, end)
+            n_keys = max(end, 1)
+            q = rearrange(mha.q(read_q(a, b, vals)), split, h=heads)
+            out = attend(q, k_cache[:, :, :n_keys], v_cache[:, :, :n_keys], mask[a:b, :n_keys])
+            write(a, b, vals, mha.out(rearrange(out, "b h t d -> b t (h d)")))
+
+        return run_attention
 
     def _rows_constant(self, v: Any) -> Any:
         """A constant that broadcasts against (B, C, H, W) maps, re-shaped to broadcast against
@@ -628,9 +748,17 @@ class CacheState:
         v = v.reshape(v.shape[:-2])  # drop H, W (both 1)
         return v.unsqueeze(-2) if v.dim() == 2 else v  # (B, C) -> (B, 1, C)
 
+    def _const_reader(self, n: fx.Node) -> Callable[[int, int, dict], Tensor]:
+        """A static map with spatial extent (a coordinate grid) read as rows of positions."""
+        v = self.static[n]
+        rows = v.flatten(2).transpose(1, 2).expand(self.batch, -1, -1)
+        rows = (rows if self.perm is None else rows.index_select(1, self.perm)).contiguous()
+        return lambda a, b, vals: rows[:, a:b]
+
     def _pointwise_runner(self, j: int, write: Callable) -> Callable[[int, int, dict], None]:
         op = self.plan.ops[j]
-        reads = [self._reader(i) for i in op.inputs]
+        reads = [self._reader(i) for i in op.inputs] + [self._const_reader(n) for n in op.consts]
+        const_slot = {n: len(op.inputs) + k for k, n in enumerate(op.consts)}
         if op.channels_picked is not None:  # channel selection x[:, c0:c1]
             index, read0 = (Ellipsis, op.channels_picked), reads[0]
             return lambda a, b, vals: write(a, b, vals, read0(a, b, vals)[index])
@@ -645,7 +773,11 @@ class CacheState:
             return lambda a, b, vals: write(a, b, vals, read0(a, b, vals).narrow(-1, start, size))
 
         def sub(n: fx.Node) -> Any:
-            return _Slot(op.slots[n]) if n in op.slots else self._rows_constant(self.static[n])
+            if n in op.slots:
+                return _Slot(op.slots[n])
+            if n in const_slot:
+                return _Slot(const_slot[n])
+            return self._rows_constant(self.static[n])
 
         args = list(fx.node.map_arg(call.args, sub))
         kwargs = dict(fx.node.map_arg(dict(call.kwargs), sub))
@@ -697,9 +829,11 @@ class CacheState:
 
     def run(self, x: Tensor, ranges: list[tuple[int, int, int]]) -> None:
         """Compute the given (op, start, stop) ranges, in graph order, from the image `x`."""
-        self.xflat = x.reshape(self.batch, x.shape[1], -1)
+        self.xflat = self._flat(x)
         vals: dict[int, tuple[int, int, Tensor]] = {}
         runners = self.runners
+        if self.track_fresh:
+            self.fresh = {i: a for i, a, _ in ranges}
         for i, a, b in ranges:
             runners[i](a, b, vals)
 
@@ -733,7 +867,10 @@ def _check_plan(plan: CachePlan, x: Tensor, cond: Tensor | None, want: Tensor) -
     state = CacheState(plan, x, cond)
     with torch.no_grad():
         state.run(x, plan.ranges(len(plan.first) - 1, -1))
-    got = state.buffers[plan.out][:, :-1].transpose(1, 2).reshape(want.shape)
+    got = state.buffers[plan.out][:, :-1]
+    if plan.perm is not None:
+        got = torch.empty_like(got).index_copy_(1, plan.perm.to(got.device), got)
+    got = got.transpose(1, 2).reshape(want.shape)
     tol = 1e-3 * (1 + float(want.abs().max()))  # float round-off of deep nets, far below a wrong layer
     if not torch.allclose(got, want, atol=tol, rtol=0):
         err = float((got - want).abs().max())
@@ -745,39 +882,54 @@ def _check_plan(plan: CachePlan, x: Tensor, cond: Tensor | None, want: Tensor) -
 _PLANS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, CachePlan]]" = weakref.WeakKeyDictionary()
 
 
-def cache_plan(model: nn.Module, with_cond: bool) -> CachePlan:
-    """The (memoized) plan for this model, conditioning flag and device."""
+def cache_plan(model: nn.Module, with_cond: bool, order: Tensor | None = None) -> CachePlan:
+    """The (memoized) plan for this model, conditioning flag, device and order (a few orders are
+    kept: completion builds one per mask)."""
     p = next(model.parameters())
-    key = (with_cond, p.device, p.dtype, tuple(model.data_shape))
+    order_key = None if order is None else order.cpu().numpy().tobytes()
+    key = (with_cond, p.device, p.dtype, tuple(model.data_shape), order_key)
     plans = _PLANS.setdefault(model, {})
     if key not in plans:
-        plans[key] = build_plan(model, with_cond)
+        if order is not None and sum(k[-1] is not None for k in plans) >= _MAX_ORDER_PLANS:
+            del plans[next(k for k in plans if k[-1] is not None)]  # the oldest
+        plans[key] = build_plan(model, with_cond, order)
     return plans[key]
+
+
+_MAX_ORDER_PLANS = 8
 
 
 class CachedStepper:
     """Stepper for `autoregressive_fill` that computes only what each step needs (exact).
 
-    Raster order only (the order of `model.generation_order()`); `skip` costs nothing: the next
-    call catches every map up in one batched pass, which makes completion with a large known
-    region cheap.
+    Positions come in the model's generation order, or in `order` ((H*W, 2) tensor or pairs) when
+    given, which then also goes to the model's forward as `order=` (as `NaiveStepper(model, cond,
+    order=order)` does; LMConv completes in per-mask orders). A model whose generation order is not
+    the raster one must take such an `order` argument. `skip` costs nothing: the next call catches
+    every map up in one batched pass, which makes completion with a large known region cheap.
     """
 
-    def __init__(self, model: nn.Module, cond: Tensor | None) -> None:
+    def __init__(self, model: nn.Module, cond: Tensor | None, order: Tensor | Sequence[tuple[int, ...]] | None = None) -> None:
         c, h, w = model.data_shape
         raster = [(i, j) for i in range(h) for j in range(w)]
-        if list(model.generation_order()) != raster:
-            raise UnsupportedLayer("cached sampling needs the raster generation order")
-        self.model, self.cond, self.width = model, cond, w
-        self.plan = cache_plan(model, cond is not None)
+        seq = model.generation_order() if order is None else (order.tolist() if isinstance(order, Tensor) else order)
+        positions = [(int(p[0]), int(p[1])) for p in seq]
+        if sorted(positions) != raster:
+            raise ValueError(f"expected an order visiting each of the {h}x{w} pixels once, given {len(positions)} positions")
+        self.raster = order is None and positions == raster
+        plan_order = None if self.raster else torch.tensor(positions, dtype=torch.long)
+        self.model, self.cond = model, cond
+        self.rank = {p: t for t, p in enumerate(positions)}
+        self.plan = cache_plan(model, cond is not None, plan_order)
         self.state: CacheState | None = None
         self.last = -1
 
     def params_at(self, x: Tensor, pos: tuple[int, ...], channel: int) -> Tensor:
-        t = int(pos[0]) * self.width + int(pos[1])
+        t = self.rank[(int(pos[0]), int(pos[1]))]
         if t < self.last:
+            kind = "raster order" if self.raster else "its generation order"
             raise ValueError(
-                f"cached sampling goes in raster order: expected a position at or after step {self.last}, given {tuple(pos)}"
+                f"cached sampling goes in {kind}: expected a position at or after step {self.last}, given {tuple(pos)}"
             )
         if self.state is None:
             self.state = CacheState(self.plan, x, self.cond)

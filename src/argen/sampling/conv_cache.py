@@ -140,6 +140,13 @@ def cached_conv(module: nn.Module, in_hw: HW, out_hw: HW) -> CachedConv:
         taps = _live_taps(module, kh, kw)
         table = conv_table(in_hw, out_hw, taps, _ints(module.stride, "stride"), _ints(module.dilation, "dilation"),
                            (ph + pad[2], pw + pad[0]))
+        location_mask = getattr(module, "location_mask", None)
+        if callable(location_mask):  # taps masked per output location (LMConv): masked taps read zero
+            keep = location_mask().detach().cpu().numpy()  # (k*k, Q_out)
+            if keep.shape != (kh * kw, table.shape[0]) or len(taps) != kh * kw:
+                raise UnsupportedLayer(f"{type(module).__name__}: expected a location mask of shape "
+                                       f"{(kh * kw, table.shape[0])}, given {keep.shape}")
+            table = np.where(keep.T != 0, table, -1)
         cin, cout = module.in_channels, module.out_channels
 
         def weights() -> tuple[Tensor, Tensor]:

@@ -45,6 +45,7 @@ from argen.orders import (
     NUM_VARIANTS, OrderSpec, get_order, list_orders, order_for_known, order_ranks, parse_order_name, resolve_order,
 )
 from argen.registry import register_model
+from argen.sampling.cached import CachedStepper
 from argen.sampling.naive import NaiveStepper, autoregressive_fill
 
 HEADS = ("logistic_mixture", "categorical")
@@ -167,7 +168,8 @@ class LMConv(ARModel):
         ranks = self._ranks(order)
         if ranks.dim() == 3 and ranks.shape[0] not in (1, x.shape[0]):
             raise ValueError(f"expected one order or {x.shape[0]} (one per example), given {ranks.shape[0]}")
-        self.masks.set_order(ranks, x.device)
+        # the parameters' device, not x.device: the same, and known while the forward is traced
+        self.masks.set_order(ranks, next(self.parameters()).device)
         h = scale_input(x, self.levels)
         h = self.input(torch.cat([h, torch.ones_like(h[:, :1])], dim=1))
         skips = []
@@ -177,6 +179,11 @@ class LMConv(ARModel):
         for blk in self.up:
             h = blk(h, aux=skips.pop(), cond=cond)
         return self.output(concat_elu(h))
+
+    def stepper(self, cond: Tensor | None) -> CachedStepper:
+        """Exact cached sampling in the default order: per step, each layer computes its output at
+        the next pixel only (one gather of its unmasked taps and one matmul)."""
+        return CachedStepper(self, cond)
 
     # ----- likelihood --------------------------------------------------------------------------
     def log_prob(self, x: Tensor, cond: Tensor | None = None, reduce: bool = True,
@@ -227,9 +234,9 @@ class LMConv(ARModel):
     ) -> Tensor:
         """Fill the pixels where `known` (B, H, W) or (H, W) is False, conditioning on the known ones.
 
-        LMConv has only the reference (naive) stepper so far; `naive` is accepted for the common
-        signature. Examples sharing a mask are completed together in `completion_order(mask)`; groups run
-        one after another in the order of their first example.
+        Examples sharing a mask are completed together in `completion_order(mask)` (with the cached
+        stepper for that order; `naive=True`: the reference one); groups run one after another in the
+        order of their first example.
         """
         self.check_input(x, cond)
         known = self.check_known(known, x.shape[0])
@@ -244,7 +251,7 @@ class LMConv(ARModel):
                 mask = masks[g].view(self.spatial_shape)
                 order = self.completion_order(mask)
                 sub_cond = cond[idx] if cond is not None else None
-                stepper = NaiveStepper(self, sub_cond, order=order)
+                stepper = NaiveStepper(self, sub_cond, order=order) if naive else CachedStepper(self, sub_cond, order)
                 out[idx] = autoregressive_fill(
                     self, out[idx], known[idx], sub_cond, stepper, generator=generator, temperature=temperature,
                     top_k=top_k, top_p=top_p, progress=progress, order=[tuple(p) for p in order.tolist()],

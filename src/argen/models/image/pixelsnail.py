@@ -22,18 +22,20 @@ the channels of a pixel jointly, so no channel masks are needed. No downsampling
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from argen.distributions.logistic_mixture import DiscretizedLogisticMixture
 from argen.models.base import ARModel, ModelConfig
 from argen.nn import scale_input
-from argen.nn.attention import CausalPattern, MultiHeadAttention
+from argen.nn.attention import CausalPattern, MultiHeadAttention, map_attention
 from argen.nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, GatedResidualBlock, down_shift, right_shift
 from argen.registry import register_model
+
+torch.fx.wrap("map_attention")  # one node when traced: the cached sampler has a cached version of it
 
 
 @dataclass
@@ -83,9 +85,7 @@ class AttentionBlock(nn.Module):
         """(B, filters, H, W) attention output; zero at the first pixel."""
         kv = self.kv_block(torch.cat([xs, ul, coords], 1), cond=cond)
         q = self.q_block(torch.cat([ul, coords], 1), cond=cond)
-        seq = "b c h w -> b (h w) c"
-        out = self.attn(rearrange(q, seq), pattern, kv=rearrange(kv, seq))
-        return rearrange(out, "b (h w) c -> b c h w", h=ul.shape[2])
+        return map_attention(self.attn, pattern, q, kv)
 
     def forward(self, xs: Tensor, ul: Tensor, coords: Tensor, pattern: CausalPattern, cond: Tensor | None) -> Tensor:
         return self.mix(ul, self.attention(xs, ul, coords, pattern, cond), cond=cond)
@@ -136,3 +136,10 @@ class PixelSNAIL(ARModel):
                 ul = block(ul, cond=cond)
             ul = attn(xs, ul, coords, self.pattern, cond)
         return self.out(F.elu(ul))
+
+    def stepper(self, cond: Tensor | None) -> Any:
+        """Exact cached sampling: per step only the outputs the new pixel affects are computed, and
+        each attention query reads a growing cache of projected keys/values."""
+        from argen.sampling.cached import CachedStepper
+
+        return CachedStepper(self, cond)
