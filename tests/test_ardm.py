@@ -354,3 +354,24 @@ def test_upscale_complete_and_training():
     known[0] = True
     out = model.eval().complete(x, known, steps=4, generator=torch.Generator().manual_seed(0))
     assert torch.equal(out[:, :, known], x[:, :, known]) and int(out.max()) < 8
+
+
+def test_measured_step_losses_feed_the_budget_table():
+    """Held-out L_t: D calls give the measured mean; the curve matches the ELBO it estimates."""
+    import math
+
+    import argen
+    from argen.registry import tiny_kwargs
+
+    torch.manual_seed(0)
+    m = argen.create_model("ardm", image_shape=(1, 4, 4), levels=4, **tiny_kwargs("ardm")).eval()
+    x = torch.randint(0, 4, (32, 1, 4, 4))
+    curve = m.measure_step_losses(x, points=8, generator=torch.Generator().manual_seed(0))
+    assert curve.shape == (1, 16) and bool((curve > 0).all())
+    table = m.bpd_by_budget((None, 8, 4, 1), curve=curve)
+    assert table[16] == pytest.approx(float(curve.sum()) / (16 * math.log(2)))
+    assert set(table) == {16, 8, 4, 1}
+    # measured at every t, the curve's sum is the negative ELBO (in expectation over orders)
+    full = m.measure_step_losses(x, points=16, generator=torch.Generator().manual_seed(1))
+    elbo = -m.elbo(x.repeat(8, 1, 1, 1), generator=torch.Generator().manual_seed(2)).mean()
+    assert float(full.sum()) == pytest.approx(float(elbo), rel=0.1)
