@@ -51,22 +51,29 @@ def time_naive(model, repeats: int = 5) -> float:
 
 
 def run_one(name: str, args: argparse.Namespace, train, test) -> dict:
+    out_dir = Path(args.out) / name
+    done = out_dir / "config.json"
+    if args.reuse and done.is_file() and "test_bpd" in (json.loads(done.read_text()).get("metrics") or {}):
+        desc = json.loads(done.read_text())  # trained and evaluated by an earlier run of this script
+        model = argen.load(out_dir).eval()
+        return timing_row(model, args, {"step": desc["step"], "test_bpd": desc["metrics"]["test_bpd"]})
     torch.manual_seed(0)
     model = argen.create_model(name, image_shape=train.shape, levels=train.levels)
-    n_params = sum(p.numel() for p in model.parameters())
     cfg = TrainConfig(steps=10**9, time_limit=args.budget, time_clock="cpu", batch_size=args.batch_size, lr=args.lr,
                       warmup_steps=50, ema_decay=0.999, grad_clip=1.0, eval_examples=args.eval_examples,
                       sample_every=None, tensorboard=False, progress=False, checkpoint_every=10**9, seed=0)
-    out_dir = Path(args.out) / name
-    t0 = time.perf_counter()
     trainer = Trainer(model, train, cfg, run_dir=out_dir, eval_data=test, device="cpu")
     metrics = trainer.fit()
-    train_seconds = time.perf_counter() - t0  # wall time, including the final evaluation
-    steps = metrics["step"]
     model = argen.load(out_dir).eval()  # EMA weights, as `argen eval` uses
+    return timing_row(model, args, metrics)
+
+
+def timing_row(model, args: argparse.Namespace, metrics: dict) -> dict:
+    """The table row of a trained model: its training figures and sampling times."""
+    steps = metrics["step"]
     row = {
-        "model": name,
-        "params": n_params,
+        "model": model.model_name,
+        "params": sum(p.numel() for p in model.parameters()),
         "steps": steps,
         "train_img_per_cpu_s": steps * args.batch_size / args.budget,
         "test_bpd": metrics.get("test_bpd"),
@@ -98,6 +105,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ardm-steps", type=int, default=50, help="network-call budget for ARDM's sampler timing")
     p.add_argument("--out", default="runs/bench-bpd")
+    p.add_argument("--reuse", action="store_true", help="keep models already trained and evaluated in --out")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     train, test = load_dataset(args.data, "train"), load_dataset(args.data, "test")
@@ -108,7 +116,7 @@ def main() -> None:
         rows.append(run_one(name, args, train, test))
         print(json.dumps(rows[-1]), flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "results.json").write_text(json.dumps(rows, indent=2))
+    (Path(args.out) / f"results-{'-'.join(names)}.json").write_text(json.dumps(rows, indent=2))
     print(f"\n{args.data}, {args.budget:.0f} CPU-seconds of training per model, batch {args.batch_size}, AdamW lr {args.lr}, "
           f"EMA 0.999; {torch.get_num_threads()} CPU threads on {platform.processor() or platform.machine()} "
           f"({os.cpu_count()} cores)\n")
