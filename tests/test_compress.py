@@ -72,6 +72,7 @@ def test_size_close_to_nll(model):
     payload_bits = 32 * len(f.words)
     assert payload_bits <= nll_bits * 1.01 + 64
     assert payload_bits >= nll_bits - 64
+    assert len(f.to_bytes()) - 4 * len(f.words) < 200  # the whole header: a fixed few hundred bytes at most
 
 
 def test_header_and_corruption_errors(model):

@@ -19,14 +19,15 @@ A SHA-256 of all pixels in the header turns any residual mismatch (e.g. decoding
 hardware) into a clear error rather than wrong pixels.
 
 File layout (`.argz`): magic b"ARGZ", format version (u8), header length (u32 LE), the header
-as compact JSON (model name, weights fingerprint, data shape, levels, batch size, per-image
-names, pixel hash), then the ANS words (u32 LE).
+as zlib-compressed compact JSON (model name, weights fingerprint, data shape, levels, batch size,
+image count, per-image names when given, pixel hash, coding path), then the ANS words (u32 LE).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import struct
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +63,7 @@ class CompressedFile:
     words: np.ndarray = field(repr=False)
 
     def to_bytes(self) -> bytes:
-        head = json.dumps(self.header, separators=(",", ":"), sort_keys=True).encode()
+        head = zlib.compress(json.dumps(self.header, separators=(",", ":"), sort_keys=True).encode(), 9)
         return _PREFIX.pack(MAGIC, VERSION, len(head)) + head + self.words.astype("<u4").tobytes()
 
     @property
@@ -135,8 +136,7 @@ def compress_arrays(model: Any, images: np.ndarray, names: list[str] | None = No
         raise ValueError(f"expected images of shape (N, {', '.join(map(str, shape))}), given {images.shape}")
     if images.size and (images.min() < 0 or images.max() >= model.levels):
         raise ValueError(f"expected pixel values in [0, {model.levels - 1}], given range [{images.min()}, {images.max()}]")
-    names = names or [f"image_{i:05d}" for i in range(len(images))]
-    if len(names) != len(images):
+    if names is not None and len(names) != len(images):
         raise ValueError(f"expected {len(images)} names, given {len(names)}")
     was_training = model.training
     model.eval()
@@ -162,7 +162,8 @@ def compress_arrays(model: Any, images: np.ndarray, names: list[str] | None = No
         "shape": list(shape),
         "levels": model.levels,
         "batch_size": batch_size,
-        "names": list(names),
+        "n": len(images),
+        "names": list(names) if names is not None else None,  # None: decoded as image_00000, ...
         "pixels_sha256": _pixel_hash(images),
         "path": path,
     }
@@ -182,12 +183,12 @@ def read_container(data: bytes) -> CompressedFile:
     if len(data) < end:
         raise CorruptFileError(f"truncated header: file has {len(data)} bytes, header needs {end}")
     try:
-        header = json.loads(data[_PREFIX.size:end])
-        for key in ("model", "fingerprint", "shape", "levels", "batch_size", "names", "pixels_sha256", "path"):
+        header = json.loads(zlib.decompress(data[_PREFIX.size:end]))
+        for key in ("model", "fingerprint", "shape", "levels", "batch_size", "n", "names", "pixels_sha256", "path"):
             header[key]
         if header["path"] not in ("parallel", "stepper"):
             raise KeyError(f"unknown coding path {header['path']!r}")
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+    except (zlib.error, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise CorruptFileError(f"corrupt header ({e})") from None
     body = data[end:]
     if len(body) % 4:
@@ -206,7 +207,8 @@ def decompress_arrays(model: Any, file: CompressedFile | bytes, progress: bool =
             f"file was compressed with model {h['model']!r} (weights {h['fingerprint'][:12]}...), "
             f"given {model.model_name!r} (weights {weights_fingerprint(model)[:12]}...): use the same checkpoint"
         )
-    n = len(h["names"])
+    n = int(h["n"])
+    names = h["names"] if h["names"] is not None else [f"image_{i:05d}" for i in range(n)]
     coder = AnsCoder(file.words)
     family = ConstrictionCategorical(perfect=False)
     out = np.zeros((n, *h["shape"]), dtype=np.uint8)
@@ -231,4 +233,4 @@ def decompress_arrays(model: Any, file: CompressedFile | bytes, progress: bool =
     if _pixel_hash(out) != h["pixels_sha256"]:
         raise CorruptFileError("decoded pixels do not match the stored checksum: the file is damaged "
                                "or the model computes differently here than where it was compressed")
-    return out, list(h["names"])
+    return out, list(names)
