@@ -61,7 +61,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         if im.min() < 0 or im.max() >= model.levels:
             raise ValueError(f"{p}: expected pixel values in [0, {model.levels - 1}], given range [{im.min()}, {im.max()}]")
     t0 = time.perf_counter()
-    f = compress_arrays(model, np.stack(images), names, batch_size=args.batch_size, progress=True)
+    f = compress_arrays(model, np.stack(images), names, batch_size=args.batch_size, progress=True, path=args.path)
     f.header["run"] = str(Path(args.run).resolve())
     data = f.to_bytes()
     seconds = time.perf_counter() - t0
@@ -111,6 +111,9 @@ def register(sub: Any) -> None:
     p.add_argument("images", nargs="+", help="image files (PNG/BMP/TIFF/PGM or .npy), pixel values in [0, levels)")
     p.add_argument("-o", "--output", required=True, help="output .argz file")
     p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default: 32)")
+    p.add_argument("--path", choices=["parallel", "stepper"], default=None,
+                   help="parallel: encode in one forward pass, decode with the naive sampler; stepper: encode and "
+                        "decode through the model's cached sampler (default when it has one)")
     _add_device(p)
     p.set_defaults(func=cmd_compress)
 
