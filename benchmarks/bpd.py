@@ -79,14 +79,12 @@ def timing_row(model, args: argparse.Namespace, metrics: dict) -> dict:
         "test_bpd": metrics.get("test_bpd"),
         "exact": bool(model.exact_likelihood),
     }
-    from argen.compress.codec import has_fast_stepper
-
     with torch.no_grad():
         row["naive_s_per_img"] = time_naive(model)
         if "steps" in inspect.signature(model.sample).parameters:
             row["sample_s_per_img"] = time_sampling(model, steps=args.ardm_steps)  # ARDM's parallel budget
             row["sample_note"] = f"{args.ardm_steps} calls"
-        elif has_fast_stepper(model):
+        elif model.has_own_stepper():
             row["sample_s_per_img"] = time_sampling(model)  # the cached sampler, measured
         else:
             row["sample_s_per_img"] = None  # samples with the naive sampler

@@ -80,13 +80,6 @@ def _probs(table: Tensor) -> np.ndarray:
     return table.double().exp().cpu().numpy()
 
 
-def has_fast_stepper(model: Any) -> bool:
-    """True when the model samples with its own (cached) stepper rather than the naive one."""
-    from argen.models.base import ARModel
-
-    return type(model).stepper is not ARModel.stepper
-
-
 def _decode_stepper(model: Any, path: str) -> Any:
     return model.stepper(None) if path == "stepper" else NaiveStepper(model, None)
 
@@ -127,7 +120,7 @@ def compress_arrays(model: Any, images: np.ndarray, names: list[str] | None = No
     step) or "stepper" (encode and decode through the model's cached sampler); by default
     "stepper" when the model has one.
     """
-    path = path or ("stepper" if has_fast_stepper(model) else "parallel")
+    path = path or ("stepper" if model.has_own_stepper() else "parallel")
     if path not in ("parallel", "stepper"):
         raise ValueError(f"expected path 'parallel' or 'stepper', given {path!r}")
     images = np.asarray(images)

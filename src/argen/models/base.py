@@ -155,6 +155,11 @@ class ARModel(nn.Module, abc.ABC):
 
         return NaiveStepper(self, cond)
 
+    @classmethod
+    def has_own_stepper(cls) -> bool:
+        """True when the model samples with its own (cached) stepper rather than the naive one."""
+        return cls.stepper is not ARModel.stepper
+
     @torch.no_grad()
     def sample(
         self,
