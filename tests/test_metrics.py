@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 
+import mpmath
 import numpy as np
 import pytest
 import torch
@@ -29,6 +30,17 @@ needs_fid_helper = pytest.mark.skipif(FID_HELPER is None, reason="fid-helper-pyt
 def random_cov(d: int, n: int, rng: np.random.Generator, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     x = rng.normal(size=(n, d)) * scale + rng.normal(size=d)
     return x.mean(0), np.cov(x, rowvar=False)
+
+
+def mp_frechet(mu1, s1, mu2, s2, digits: int = 40) -> float:
+    """The Fréchet distance in 40-digit arithmetic (mpmath): the reference for round-off checks."""
+    mpmath.mp.dps = digits
+    a, b = mpmath.matrix(s1.tolist()), mpmath.matrix(s2.tolist())
+    eig = mpmath.eig(a * b, left=False, right=False)  # real and >= 0 for a product of PSD matrices
+    tr_sqrt = sum(mpmath.sqrt(max(mpmath.re(e), 0)) for e in eig)
+    d = [mpmath.mpf(float(u)) - mpmath.mpf(float(v)) for u, v in zip(mu1, mu2)]
+    n = len(d)
+    return float(sum(x * x for x in d) + sum(a[i, i] + b[i, i] for i in range(n)) - 2 * tr_sqrt)
 
 
 def scipy_fid(mu1, s1, mu2, s2) -> float:
@@ -70,10 +82,16 @@ def test_frechet_closed_form_and_properties():
     expect = ((mu1 - mu2) ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
     assert fr.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expect, rel=1e-12)
     rng = np.random.default_rng(0)
-    m, s = random_cov(12, 5, rng)  # singular
-    assert fr.frechet_distance(m, s, m, s) == pytest.approx(0.0, abs=1e-9)
+    m, s = random_cov(12, 5, rng)  # rank 4: singular
     m2, s2 = random_cov(12, 50, rng)
-    assert fr.frechet_distance(m, s, m2, s2) == pytest.approx(fr.frechet_distance(m2, s2, m, s), rel=1e-9)
+    # On a singular product the d - rank zero eigenvalues come out of float64 as ~eps * |S1| |S2|,
+    # and their square roots as ~sqrt(eps |S1| |S2|) each: that, not eps, is the real error of
+    # tr((S1 S2)^1/2), whichever order the arguments come in (numpy/BLAS releases move it around).
+    tol = 12 * np.sqrt(np.finfo(float).eps * np.linalg.norm(s, 2) * np.linalg.norm(s2, 2))
+    assert fr.frechet_distance(m, s, m, s) == pytest.approx(0.0, abs=2 * 12 * np.sqrt(np.finfo(float).eps) * np.linalg.norm(s, 2))
+    truth = mp_frechet(m, s, m2, s2)
+    assert fr.frechet_distance(m, s, m2, s2) == pytest.approx(truth, abs=2 * tol)
+    assert fr.frechet_distance(m2, s2, m, s) == pytest.approx(truth, abs=2 * tol)
     with pytest.raises(ValueError, match="equal"):
         fr.frechet_distance(m, s, m[:3], s[:3, :3])
 
@@ -430,3 +448,16 @@ def test_cli_fid_on_a_sample_file(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "fid_mnist = " in printed and "NOT comparable" in printed
     assert main(["fid", str(tmp_path / "samples.npy"), "--features", "mnist", "--device", "cpu"]) == 2  # no --data
+
+
+def test_classifier_confidence():
+    logits = torch.tensor([[10.0, 0.0, 0.0], [0.0, 10.0, 0.0], [0.0, 0.0, 0.0], [0.0, 10.0, 0.0]])
+    from argen.metrics.scores import classifier_confidence
+
+    out = classifier_confidence(logits)
+    top = torch.softmax(logits, 1).max(1).values
+    assert out["mean"] == pytest.approx(float(top.mean()))
+    assert out["share_confident"] == pytest.approx(0.75)
+    assert out["class_shares"] == [0.5, 0.5, 0.0]  # the uniform row goes to the first class (argmax ties)
+    with pytest.raises(ValueError, match="threshold"):
+        classifier_confidence(logits, threshold=1.5)

@@ -22,9 +22,11 @@ from tqdm.auto import tqdm
 
 from argen.metrics.features import FeatureExtractor
 from argen.metrics.frechet import GaussianStats, StatsAccumulator
-from argen.metrics.scores import inception_score, kernel_inception_distance, precision_recall
+from argen.metrics.scores import classifier_confidence, inception_score, kernel_inception_distance, precision_recall
 
-METRICS = ("fid", "kid", "pr", "is")  # "is": Inception Score (needs class logits)
+# "is": Inception Score, "conf": the classifier's confidence in its label (both need class logits)
+METRICS = ("fid", "kid", "pr", "is", "conf")
+_LOGIT_METRICS = ("is", "conf")
 CACHE_ENV = "ARGEN_CACHE_DIR"
 
 
@@ -181,11 +183,11 @@ def batches_quality(batches: Iterable[Tensor], levels: int, data: str | Any, *, 
         raise ValueError(f"expected one or more metrics among {METRICS}, given {unknown or metrics}")
     need_feats = any(m in metrics for m in ("kid", "pr"))
     logits_net = None
-    if "is" in metrics:
+    if any(m in _LOGIT_METRICS for m in metrics):
         logits_net = is_network or features
         logits_net.require_logits()
     real = None
-    if any(m != "is" for m in metrics):
+    if any(m not in _LOGIT_METRICS for m in metrics):
         data = resolve_dataset(data, split)
         batches = _check_shape(batches, tuple(getattr(data, "shape", ()) or ()))
         real = reference_statistics(data, features, split=split, n=reference_n, batch_size=batch_size,
@@ -208,12 +210,18 @@ def batches_quality(batches: Iterable[Tensor], levels: int, data: str | Any, *, 
     result: dict[str, Any] = {"n": count, "features": features.label}
     if real is not None:
         result["reference_n"] = real.n
-        result.update(compare(real, feats_acc.compute(), [m for m in metrics if m != "is"], features.name,
+        result.update(compare(real, feats_acc.compute(), [m for m in metrics if m not in _LOGIT_METRICS], features.name,
                               device=features.device))
     if logits_net is not None:
         all_logits = torch.cat(logits)
-        result[f"is_{logits_net.name}"], result[f"is_{logits_net.name}_std"] = inception_score(
-            all_logits, splits=min(10, all_logits.shape[0]))
+        if "is" in metrics:
+            result[f"is_{logits_net.name}"], result[f"is_{logits_net.name}_std"] = inception_score(
+                all_logits, splits=min(10, all_logits.shape[0]))
+        if "conf" in metrics:
+            conf = classifier_confidence(all_logits)
+            result[f"confidence_{logits_net.name}"] = conf["mean"]
+            result[f"confident_share_{logits_net.name}"] = conf["share_confident"]
+            result[f"class_shares_{logits_net.name}"] = conf["class_shares"]
         result["is_network"] = logits_net.label
     return result
 

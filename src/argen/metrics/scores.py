@@ -6,6 +6,7 @@ the Inception network, the small MNIST classifier argen ships, I3D for video, or
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,6 +49,22 @@ def inception_score(logits: ArrayLike, splits: int = 10, *, probabilities: bool 
         kl = (torch.special.xlogy(part, part) - torch.special.xlogy(part, py)).sum(1).mean()
         scores.append(math.exp(float(kl)))
     return float(np.mean(scores)), float(np.std(scores))
+
+
+def classifier_confidence(logits: ArrayLike, threshold: float = 0.9) -> dict[str, Any]:
+    """How sure a classifier is of its label for each sample: a direct "does it look like a digit" check.
+
+    Returns the mean top-class probability, the share of samples above `threshold`, and the share
+    of samples given to each class (a collapsed sampler puts most samples in one class).
+    """
+    x = _matrix("logits", logits)
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"expected threshold in (0, 1), given {threshold}")
+    p = torch.softmax(x, dim=1)
+    top, label = p.max(1)
+    counts = torch.bincount(label, minlength=x.shape[1]).double() / x.shape[0]
+    return {"mean": float(top.mean()), "share_confident": float((top > threshold).double().mean()),
+            "threshold": threshold, "class_shares": [round(float(c), 4) for c in counts]}
 
 
 def polynomial_kernel(x: Tensor, y: Tensor, degree: int = 3, coef0: float = 1.0) -> Tensor:
