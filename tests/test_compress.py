@@ -137,3 +137,123 @@ def test_cli_round_trip_restores_names(tmp_path, capsys):
     assert "same checkpoint" in capsys.readouterr().err
     out.write_bytes(b"nonsense")
     assert main(["decompress", str(out), "-o", str(tmp_path / "bad")]) == 3
+
+
+# ----- archive format 2: batch size, trailing data, versions, names (issue fixes) -------------------
+import json  # noqa: E402
+import struct  # noqa: E402
+import zlib  # noqa: E402
+
+_PREFIX = struct.Struct("<4sBI")
+
+
+def _split(data: bytes) -> tuple[int, dict, bytes]:
+    _, version, head_len = _PREFIX.unpack_from(data)
+    end = _PREFIX.size + head_len
+    return version, json.loads(zlib.decompress(data[_PREFIX.size:end])), data[end:]
+
+
+def _rebuild(data: bytes, version: int | None = None, **changes) -> bytes:
+    """The archive with header fields replaced, re-serialized the way a crafted file would be."""
+    v, header, body = _split(data)
+    header.update(changes)
+    head = zlib.compress(json.dumps(header).encode())
+    return _PREFIX.pack(b"ARGZ", v if version is None else version, len(head)) + head + body
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 2.5, "4"])
+def test_batch_size_must_be_a_positive_integer(model, bad):
+    """A batch size of -1 used to write an archive with no images in it (data loss)."""
+    with pytest.raises(ValueError, match="batch_size"):
+        compress_arrays(model, _images(model.levels), batch_size=bad)
+
+
+@pytest.mark.parametrize("n,batch_size", [(0, 2), (1, 3), (4, 4), (5, 2), (7, 3)])
+@pytest.mark.parametrize("path", ["parallel", "stepper"])
+def test_streamed_batches_round_trip(model, n, batch_size, path):
+    """Batches are pushed onto the stack one by one (and decoded last first): any count and split."""
+    imgs = np.random.default_rng(n).integers(0, model.levels, (n, 3, 5, 6)).astype(np.uint8)
+    f = compress_arrays(model, imgs, batch_size=batch_size, path=path)
+    out, _ = decompress_arrays(model, f.to_bytes())
+    assert out.shape == imgs.shape and np.array_equal(out, imgs)
+
+
+def test_streaming_costs_no_extra_bits(model):
+    """One stream for all batches: the size does not depend on how the images are batched."""
+    imgs = np.repeat(_images(model.levels), 3, axis=0)
+    sizes = {len(compress_arrays(model, imgs, batch_size=b).words) for b in (1, 4, len(imgs))}
+    assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("tail", [b"\x01\x00\x00\x00", b"\x00\x00\x00\x00", b"\xff" * 8, b"x"])
+def test_trailing_data_is_corruption(model, tail):
+    data = compress_arrays(model, _images(model.levels), batch_size=2).to_bytes()
+    with pytest.raises(CorruptFileError, match="trailing"):
+        read_container(data + tail)
+    with pytest.raises(CorruptFileError):
+        decompress_arrays(model, data + tail)
+
+
+def test_old_and_new_format_versions_refused_clearly(model):
+    data = compress_arrays(model, _images(model.levels)).to_bytes()
+    assert _split(data)[0] == 2
+    with pytest.raises(CorruptFileError, match="version 1 .*older argen"):
+        read_container(_rebuild(data, version=1))
+    with pytest.raises(CorruptFileError, match="version 3 .*newer.*upgrade"):
+        read_container(_rebuild(data, version=3))
+
+
+@pytest.mark.parametrize("field,value", [("batch_size", 0), ("batch_size", -1), ("n", -1), ("words", -2),
+                                         ("levels", 1), ("shape", [3, 0, 6]), ("batch_size", True)])
+def test_bad_header_numbers_are_corruption(model, field, value):
+    data = compress_arrays(model, _images(model.levels)).to_bytes()
+    with pytest.raises(CorruptFileError, match="corrupt header"):
+        read_container(_rebuild(data, **{field: value}))
+
+
+NAMES = ["a.png", "b.png", "c.npy", "d.bmp", "e.tif"]
+
+
+@pytest.mark.parametrize("names,match", [
+    (NAMES[:2], "5 image names"),  # fewer names than images: images would be dropped silently
+    (NAMES[:4] + ["a.png"], "distinct"),  # duplicates overwrite each other
+    (NAMES[:4] + ["a"], "distinct"),  # 'a' is restored as a.png
+    (NAMES[:4] + ["../e.png"], "plain file names"),
+    (NAMES[:4] + ["sub/e.png"], "plain file names"),
+    (NAMES[:4] + ["sub\\e.png"], "plain file names"),
+    (NAMES[:4] + ["C:e.png"], "plain file names"),
+    (NAMES[:4] + [".."], "plain file names"),
+    (NAMES[:4] + [""], "plain file names"),
+    (NAMES[:4] + ["e.jpg"], "lossless"),
+    (NAMES[:4] + ["e.JPEG"], "lossless"),
+    (NAMES[:4] + [7], "strings"),
+])
+def test_bad_names_refused_when_compressing_and_decompressing(model, names, match):
+    imgs = _images(model.levels)
+    with pytest.raises(ValueError, match=match):
+        compress_arrays(model, imgs, names=names)
+    crafted = _rebuild(compress_arrays(model, imgs, names=NAMES).to_bytes(), names=names)
+    with pytest.raises(CorruptFileError, match=match):
+        read_container(crafted)
+    with pytest.raises(CorruptFileError, match=match):
+        decompress_arrays(model, crafted)
+
+
+def test_names_are_covered_by_the_checksum(model):
+    imgs = _images(model.levels)
+    data = compress_arrays(model, imgs, names=NAMES, batch_size=2).to_bytes()
+    out, names = decompress_arrays(model, data)
+    assert names == NAMES and np.array_equal(out, imgs)
+    swapped = _rebuild(data, names=[NAMES[1], NAMES[0], *NAMES[2:]])  # valid names, wrong images
+    with pytest.raises(CorruptFileError, match="checksum"):
+        decompress_arrays(model, swapped)
+    unnamed = _rebuild(data, names=None)
+    with pytest.raises(CorruptFileError, match="checksum"):
+        decompress_arrays(model, unnamed)
+
+
+def test_suffixless_names_restore_as_png():
+    from argen.compress import restored_name
+
+    assert restored_name("image_00000") == "image_00000.png"
+    assert restored_name("a.npy") == "a.npy" and restored_name("b.TIF") == "b.TIF"
