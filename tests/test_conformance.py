@@ -4,12 +4,17 @@ A new model gets all of it by registering; a model that needs an exception expla
 """
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import itertools
+import json
 
 import pytest
 import torch
 
 import argen
+from argen.fields import bad_values, undeclared_fields
+from argen.registry import get_entry, tiny_kwargs
 from tests.helpers import cond_table, lp, make_tiny, random_images, tiny_shapes
 
 MODELS = argen.list_models()
@@ -53,10 +58,11 @@ def test_earlier_pixels_matter(name, shape, levels):
 
 @pytest.mark.parametrize("name,shape,levels", CASES, ids=IDS)
 def test_causality_subpixels(name, shape, levels):
-    """Channel c's conditional at a position ignores channels >= c there and everything later."""
+    """Channel c's conditional at a position ignores channels >= c there and everything later.
+
+    With one channel this is the direct check that a pixel does not see itself (mask A, not B).
+    """
     model = make_tiny(name, shape, levels)
-    if shape[0] == 1:
-        pytest.skip("one channel: no sub-pixel order")
     order = model.generation_order()
     x = random_images(model, 3)
     pos = order[len(order) // 2]
@@ -187,13 +193,76 @@ def test_bad_inputs_raise_value_error(name):
 
 @pytest.mark.parametrize("name,shape,levels", CASES, ids=IDS)
 def test_own_sampler_matches_naive(name, shape, levels):
-    """A model's own (cached or parallel) sampler draws exactly what the naive reference draws."""
+    """A model's own (cached or parallel) sampler draws exactly what the naive reference draws.
+
+    The naive reference walks `generation_order()`; models whose fast path takes an `order` (ARDM
+    draws a random one per example by default) are given that order.
+    """
     model = make_tiny(name, shape, levels)
-    a = model.sample(2, generator=torch.Generator().manual_seed(5))
+    own = {"order": model.generation_order()} if "order" in inspect.signature(model.sample).parameters else {}
+    a = model.sample(2, generator=torch.Generator().manual_seed(5), **own)
     b = model.sample(2, generator=torch.Generator().manual_seed(5), naive=True)
     assert torch.equal(a, b)
     known = torch.zeros(shape[1:], dtype=torch.bool)
     known[: shape[1] // 2] = True
-    c = model.complete(a, known, generator=torch.Generator().manual_seed(6))
+    c = model.complete(a, known, generator=torch.Generator().manual_seed(6), **own)
     d = model.complete(a, known, generator=torch.Generator().manual_seed(6), naive=True)
     assert torch.equal(c, d)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_bad_sampling_arguments_raise_value_error(name):
+    """Every public argument is checked, also where a model overrides sample / complete."""
+    shape, levels = tiny_shapes(name)[0]
+    model = make_tiny(name, shape, levels)
+    x = random_images(model, 2)
+    known = torch.zeros(shape[1:], dtype=torch.bool)
+    with pytest.raises(ValueError, match="reduce must be True or False, given 'no'"):
+        lp(model, x, reduce="no")
+    for n in (True, 0, 2.0):
+        with pytest.raises(ValueError, match=f"n must be an integer >= 1, given {n!r}"):
+            model.sample(n)
+    bad = [(dict(temperature=float("nan")), "temperature must be a finite number > 0, given nan"),
+           (dict(temperature=float("inf")), "temperature"), (dict(temperature=0.0), "temperature"),
+           (dict(top_k=2.5), r"top_k must be None or an integer >= 1, given 2\.5"), (dict(top_k=True), "top_k"),
+           (dict(top_k=0), "top_k"), (dict(top_p=2), r"top_p must be None or a finite number in \(0, 1\], given 2"),
+           (dict(top_p=0.0), "top_p"), (dict(top_p=float("nan")), "top_p"),
+           (dict(generator=5), "generator must be None or a torch.Generator, given 5"),
+           (dict(progress="yes"), "progress"), (dict(naive=1), "naive")]
+    for kw, match in bad:
+        with pytest.raises(ValueError, match=match):
+            model.sample(1, **kw)
+        with pytest.raises(ValueError, match=match):
+            model.complete(x, known, **kw)
+
+
+# ----- configuration fields ------------------------------------------------------------------------
+FIELDS = [(name, f.name) for name in MODELS for f in dataclasses.fields(get_entry(name).cls.config_class)]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_config_fields_declared(name):
+    """Every numeric or string config field declares its type and range with `spec` (bools may omit it)."""
+    assert undeclared_fields(get_entry(name).cls.config_class) == []
+
+
+@pytest.mark.parametrize("name,field", FIELDS, ids=[f"{n}-{f}" for n, f in FIELDS])
+def test_bad_config_values_raise_value_error(name, field):
+    """Wrong types and just-out-of-range values of every field: a ValueError that names the field."""
+    shape, levels = tiny_shapes(name)[0]
+    kw = {**tiny_kwargs(name), "image_shape": shape, "levels": levels}
+    for bad in bad_values(get_entry(name).cls.config_class, field):
+        with pytest.raises(ValueError, match=f"model\\.{field}\\b"):
+            argen.create_model(name, **{**kw, field: bad})
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)], ids=["grey28", "rgb32"])
+def test_default_config_is_valid_and_round_trips(name, shape):
+    """The default hyperparameters work for MNIST- and CIFAR-shaped data, and survive JSON (config.json)."""
+    cls = get_entry(name).cls.config_class
+    cfg = cls(image_shape=shape)
+    cfg.validate()
+    again = cls(**json.loads(json.dumps(cfg.to_dict())))
+    again.validate()
+    assert again == cfg

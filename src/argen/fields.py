@@ -189,9 +189,14 @@ def bad_values(cls: type, name: str) -> list[Any]:
     f = next(f for f in dataclasses.fields(cls) if f.name == name)
     tp = typing.get_type_hints(cls)[name]
     base = _base_type(tp)
-    is_tuple = typing.get_origin(tp) is tuple or any(typing.get_origin(a) is tuple for a in typing.get_args(tp))
-    wrap = (lambda v: (v,) * max(1, _min_len(f))) if is_tuple else (lambda v: v)
+    tuple_tp = next((t for t in (tp, *typing.get_args(tp)) if typing.get_origin(t) is tuple), None)
+    # a bad element inside a tuple of an acceptable length (fixed: its length; variable: min_len or 1)
+    fixed = tuple_tp is not None and Ellipsis not in typing.get_args(tuple_tp)
+    length = len(typing.get_args(tuple_tp)) if fixed else max(1, _min_len(f))
+    wrap = (lambda v: (v,) * length) if tuple_tp is not None else (lambda v: v)
     out: list[Any] = [object()]
+    if tuple_tp is not None and (fixed or _min_len(f) > 0):
+        out.append(wrap(0)[:-1])  # one value too few (fixed length, or below min_len)
     if base in (int, float):
         out += [wrap("8"), wrap(True)]
         out += [wrap(float("nan")), wrap(float("inf"))]

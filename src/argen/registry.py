@@ -62,16 +62,18 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def build_config(name: str, **kwargs: Any) -> Any:
-    """Build the config dataclass of model `name` from keyword arguments, rejecting unknown keys."""
+    """Build the config dataclass of model `name` from keyword arguments, rejecting unknown keys.
+
+    Values are checked (by type and range) when the model validates the config, not converted.
+    """
     entry = get_entry(name)
     cfg_cls = entry.cls.config_class
     known = {f.name for f in dataclasses.fields(cfg_cls)}
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise ValueError(f"unknown hyperparameter(s) {unknown} for model {name!r}; expected some of {sorted(known)}")
-    for key in ("image_shape", "video_shape"):
-        if key in kwargs and kwargs[key] is not None:
-            kwargs[key] = tuple(int(v) for v in kwargs[key])
+    # No conversion here: the config keeps what it was given (JSON lists become tuples in its
+    # __post_init__) and `validate` rejects wrong types, e.g. image_shape=(1, 2.5, 8).
     return cfg_cls(**kwargs)
 
 

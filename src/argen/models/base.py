@@ -17,30 +17,58 @@ import torch
 from torch import Tensor, nn
 
 from argen.distributions import PixelDistribution
+from argen.fields import spec, validate_fields
+from argen.sampling.logits import check_sampling_options
 
 
 @dataclass
 class ModelConfig:
-    """Fields every image model has. Subclasses add their hyperparameters."""
+    """Fields every image model has. Subclasses add their hyperparameters.
 
-    image_shape: tuple[int, int, int] = (1, 28, 28)
-    levels: int = 256
-    num_classes: int | None = None
+    Every field is declared with `argen.fields.spec` (its type and range); `validate` checks them
+    all through `validate_fields` and subclasses add only cross-field rules (divisibility etc.).
+    """
+
+    image_shape: tuple[int, int, int] = spec((1, 28, 28), ge=1)  # (C, H, W); C is 1 or 3
+    levels: int = spec(256, ge=2, le=256)
+    num_classes: int | None = spec(None, ge=1)
+
+    def __post_init__(self) -> None:
+        # JSON round trips (checkpoints) turn tuples into lists; keep configs comparable. No other
+        # conversion: a wrong type is reported by `validate`, never silently truncated.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                setattr(self, f.name, tuple(value))
 
     def validate(self) -> None:
-        """Raise ValueError naming expected and given values; subclasses extend."""
-        shape = tuple(self.image_shape)
-        if len(shape) != 3 or any(int(v) < 1 for v in shape):
-            raise ValueError(f"image_shape must be (C, H, W) with positive sizes, given {self.image_shape}")
-        if shape[0] not in (1, 3):
-            raise ValueError(f"image_shape channels must be 1 or 3, given {shape[0]}")
-        if not 2 <= self.levels <= 256:
-            raise ValueError(f"levels must be in [2, 256], given {self.levels}")
-        if self.num_classes is not None and self.num_classes < 1:
-            raise ValueError(f"num_classes must be None or >= 1, given {self.num_classes}")
+        """Raise ValueError naming expected and given values; subclasses extend with cross-field rules."""
+        validate_fields(self, "model")
+        if self.image_shape[0] not in (1, 3):
+            raise ValueError(f"image_shape channels must be 1 or 3, given {self.image_shape[0]}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_flag(name: str, value: Any) -> None:
+    """Raise ValueError unless `value` is a bool (1, 'no' or None are not flags)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, given {value!r}")
+
+
+def check_count(name: str, value: Any) -> None:
+    """Raise ValueError unless `value` is an int >= 1 (not a bool, not a float)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, given {value!r}")
+
+
+def check_generate_options(generator: Any, temperature: Any, top_k: Any, top_p: Any, progress: Any,
+                           naive: Any) -> None:
+    """The arguments every `sample` / `complete` takes (models that override them call this too)."""
+    check_sampling_options(temperature, top_k, top_p, generator)
+    check_flag("progress", progress)
+    check_flag("naive", naive)
 
 
 class ARModel(nn.Module, abc.ABC):
@@ -128,6 +156,7 @@ class ARModel(nn.Module, abc.ABC):
     def log_prob(self, x: Tensor, cond: Tensor | None = None, reduce: bool = True) -> Tensor:
         """Exact log-likelihood in nats: (B,), or per position (B, H, W) with reduce=False."""
         self.check_input(x, cond)
+        check_flag("reduce", reduce)
         per_pixel = self.distribution.log_prob(self(x, cond), x)
         return per_pixel.flatten(1).sum(1) if reduce else per_pixel
 
@@ -178,8 +207,8 @@ class ARModel(nn.Module, abc.ABC):
         `naive=True` uses the reference sampler (a full forward pass per step) instead of the
         model's own (cached) stepper; both give identical samples from the same generator.
         """
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"expected n >= 1, given {n!r}")
+        check_count("n", n)
+        check_generate_options(generator, temperature, top_k, top_p, progress, naive)
         self.check_cond(cond, n)
         x = torch.zeros((n, *self.data_shape), dtype=torch.long, device=self.device)
         return self._generate(x, None, cond, generator, temperature, top_k, top_p, progress, naive)
@@ -204,6 +233,7 @@ class ARModel(nn.Module, abc.ABC):
         order (known or filled); known pixels later in the order cannot inform it.
         """
         self.check_input(x, cond)
+        check_generate_options(generator, temperature, top_k, top_p, progress, naive)
         known = self.check_known(known, x.shape[0])
         return self._generate(x.clone(), known, cond, generator, temperature, top_k, top_p, progress, naive)
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from argen.sampling.logits import draw, process_logits
+from argen.sampling.logits import check_sampling_options, draw, process_logits
 
 
 class Stepper(Protocol):
@@ -69,6 +69,7 @@ def autoregressive_fill(
     conditional handed to it sees channels >= `channel` at `pos` as zero, exactly as the encoder
     reproduces it, so both sides compute bit-identical tables.
     """
+    check_sampling_options(temperature, top_k, top_p, generator)
     dist = model.distribution
     order = model.generation_order() if order is None else order
     batch = x.shape[0]

@@ -34,7 +34,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from argen.distributions import Categorical
-from argen.models.base import ARModel, ModelConfig
+from argen.fields import spec
+from argen.models.base import ARModel, ModelConfig, check_count, check_flag, check_generate_options
 from argen.nn import ClassEmbedding
 from argen.nn.unet import TimestepEmbedding, UNet
 from argen.orders import OrderSpec, order_ranks, resolve_order
@@ -46,33 +47,15 @@ from argen.sampling.logits import draw, process_logits
 @dataclass
 class ARDMConfig(ModelConfig):
     # CPU-sized defaults (0.7M parameters); the paper's CIFAR model is a 32-block U-Net on a GPU.
-    hidden: int = 32
-    channel_mults: tuple[int, ...] = (1, 2)
-    blocks_per_level: int = 1
-    attention: bool = False
-    dropout: float = 0.0
-    embed_dim: int = 32  # width of the learned embedding of each sub-pixel's (partially known) value
-    upscale_bits: int = 0  # 0: plain order-agnostic ARDM; b > 0: stages of b bits, MSB first
-    order_seed: int = 0  # seed of the fixed pixel order `generation_order()` returns
-    step_loss_decay: float = 0.99  # EMA decay of the recorded per-step losses L_t
-
-    def __post_init__(self) -> None:
-        # JSON round trips turn tuples into lists; keep configs comparable after save/load
-        self.channel_mults = tuple(int(m) for m in self.channel_mults)
-
-    def validate(self) -> None:
-        super().validate()
-        if self.hidden < 1 or self.embed_dim < 1 or self.blocks_per_level < 1:
-            raise ValueError(f"hidden, embed_dim and blocks_per_level must be >= 1, given "
-                             f"{self.hidden}, {self.embed_dim}, {self.blocks_per_level}")
-        if not self.channel_mults or min(self.channel_mults) < 1:
-            raise ValueError(f"channel_mults must be non-empty positive integers, given {self.channel_mults}")
-        if not 0 <= self.upscale_bits <= 8:
-            raise ValueError(f"upscale_bits must be in [0, 8], given {self.upscale_bits}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), given {self.dropout}")
-        if not 0.0 <= self.step_loss_decay < 1.0:
-            raise ValueError(f"step_loss_decay must be in [0, 1), given {self.step_loss_decay}")
+    hidden: int = spec(32, ge=1)
+    channel_mults: tuple[int, ...] = spec((1, 2), ge=1, min_len=1)  # U-Net width per level, x hidden
+    blocks_per_level: int = spec(1, ge=1)
+    attention: bool = spec(False)
+    dropout: float = spec(0.0, ge=0.0, lt=1.0)
+    embed_dim: int = spec(32, ge=1)  # width of the learned embedding of each sub-pixel's (partially known) value
+    upscale_bits: int = spec(0, ge=0, le=8)  # 0: plain order-agnostic ARDM; b > 0: stages of b bits, MSB first
+    order_seed: int = spec(0, ge=0, lt=2 ** 63)  # seed of the fixed pixel order `generation_order()` returns
+    step_loss_decay: float = spec(0.99, ge=0.0, lt=1.0)  # EMA decay of the recorded per-step losses L_t
 
 
 class BitStages:
@@ -121,17 +104,24 @@ class BitStages:
 class OrderStepper:
     """Sequential reference sampler for the generic loop (`argen.sampling.autoregressive_fill`).
 
-    Walks the model's `generation_order()` one sub-pixel at a time, the dims before it known;
-    `ARDM.sample(steps=D, order=model.generation_order())` must reproduce it draw for draw.
+    Walks one pixel order (default: the model's `generation_order()`) one sub-pixel at a time, one
+    network call each, the dims before it known (and, when completing, the `known` (B, H, W)
+    pixels too); `ARDM.sample(order=...)` and `complete(order=...)` must reproduce it draw for
+    draw. `ARDM.sample(naive=True)` / `complete(naive=True)` run it.
     """
 
-    def __init__(self, model: "ARDM", cond: Tensor | None) -> None:
+    def __init__(self, model: "ARDM", cond: Tensor | None, order: OrderSpec | None = None,
+                 known: Tensor | None = None) -> None:
         self.model, self.cond = model, cond
-        self.rank = model.dim_ranks(model.generation_order(), 1)[0].view(model.data_shape)
+        order = model.generation_order() if order is None else order
+        self.rank = model.dim_ranks(order, 1)[0].view(model.data_shape)
+        self.known = None if known is None else known[:, None].expand(-1, model.channels, -1, -1)
 
     def params_at(self, x: Tensor, pos: tuple[int, ...], channel: int) -> Tensor:
         rank = self.rank.to(x.device)
         known = (rank < rank[(channel, *pos)]).expand(x.shape)
+        if self.known is not None:
+            known = known | self.known.to(x.device)
         return self.model(x, self.cond, known=known)[(slice(None), slice(None), *pos)]
 
     def skip(self, x: Tensor, pos: tuple[int, ...]) -> None:
@@ -273,6 +263,7 @@ class ARDM(ARModel):
         reduce=False gives each position's weighted term (B, H, W), channels summed.
         """
         self.check_input(x, cond)
+        check_flag("reduce", reduce)
         lp, t, _ = self._elbo_terms(x, cond, t, sigma, stage, generator)
         weight = self.num_stages * self.num_dims / (self.num_dims - t).to(lp.dtype)
         per_pos = lp.sum(1) * weight.view(-1, 1, 1)
@@ -281,7 +272,7 @@ class ARDM(ARModel):
     def _exact_tables(self, x: Tensor, cond: Tensor | None, ranks: Tensor, max_batch: int) -> list[Tensor]:
         """Per stage, (B, C, K, H, W): each dim's digit log-probs at the step that generates it."""
         b, d, k = x.shape[0], self.num_dims, self.stages.head
-        if not isinstance(max_batch, int) or max_batch < 1:
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive integer, given {max_batch!r}")
         sigma = ranks.argsort(1)  # sigma[b, t]: the dim generated at step t
         pairs_b = torch.arange(b, device=x.device).repeat_interleave(d)
@@ -309,6 +300,7 @@ class ARDM(ARModel):
         log p(pixel | pixels before it in the order), channels (and stages) summed.
         """
         self.check_input(x, cond)
+        check_flag("reduce", reduce)
         if order is None:
             return self.elbo(x, cond, reduce=reduce, generator=generator)
         tables = self._exact_tables(x, cond, self.dim_ranks(order, x.shape[0]), max_batch)
@@ -430,17 +422,23 @@ class ARDM(ARModel):
                naive: bool = False) -> Tensor:
         """Draw `n` images with at most `steps` network calls (None: one per dim and stage).
 
-        `naive=True` is the reference: one network call per dim (it cannot be combined with steps).
-
         Each example gets its own random order from `generator` unless `order` is given. With a
         budget the calls follow the dynamic programme over the recorded L_t (evenly spaced when
         nothing was recorded yet); each call samples all dims with sigma in [s, t).
+
+        `naive=True` is the sequential reference: the generic loop (`autoregressive_fill`) with an
+        `OrderStepper`, one network call per sub-pixel in `order` (default: `generation_order()`,
+        one order for the whole batch; steps must be None). `sample(order=generation_order())`
+        draws exactly the same images from the same generator. Plain ARDMs only: an upscale
+        ARDM samples by stages.
         """
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"expected n >= 1, given {n!r}")
+        check_count("n", n)
+        check_generate_options(generator, temperature, top_k, top_p, progress, naive)
         self.check_cond(cond, n)
         self._check_naive(naive, steps)
         x = torch.zeros((n, *self.data_shape), dtype=torch.long, device=self.device)
+        if naive:
+            return self._generate_sequential(x, None, cond, generator, temperature, top_k, top_p, progress, order)
         return self._generate_parallel(x, None, cond, generator, temperature, top_k, top_p, progress, steps, order)
 
     @torch.no_grad()
@@ -451,24 +449,52 @@ class ARDM(ARModel):
         """Fill the pixels where `known` (B, H, W) or (H, W) is False, conditioned on all known ones.
 
         Known dims come first in every order (they are "already generated"); the others follow in
-        a random order (or in `order`), with at most `steps` calls as in `sample`.
+        a random order (or in `order`), with at most `steps` calls as in `sample`. `naive=True`:
+        the sequential reference as in `sample`, the unknown sub-pixels one at a time in `order`
+        (default: `generation_order()`), each conditioned on all known pixels and those before it.
         """
         self.check_input(x, cond)
+        check_generate_options(generator, temperature, top_k, top_p, progress, naive)
         self._check_naive(naive, steps)
         known = self.check_known(known, x.shape[0])
         x = x.clone(memory_format=torch.contiguous_format)
+        if naive:
+            return self._generate_sequential(x, known, cond, generator, temperature, top_k, top_p, progress, order)
         return self._generate_parallel(x, known, cond, generator, temperature, top_k, top_p, progress, steps, order)
 
-    @staticmethod
-    def _check_naive(naive: bool, steps: int | None) -> None:
+    def _check_naive(self, naive: bool, steps: int | None) -> None:
         if naive and steps is not None:
             raise ValueError(f"naive sampling makes one call per dim; expected steps=None with naive, given steps={steps}")
+        if naive and self.num_stages > 1:
+            raise ValueError(f"naive sampling walks one sub-pixel at a time, which an upscale ARDM "
+                             f"({self.num_stages} stages) does not: expected naive=False, given naive=True")
+
+    def _generate_sequential(self, x: Tensor, known: Tensor | None, cond: Tensor | None,
+                             generator: torch.Generator | None, temperature: float, top_k: int | None,
+                             top_p: float | None, progress: bool, order: OrderSpec | None) -> Tensor:
+        """The reference: `autoregressive_fill` with an `OrderStepper`, one call per sub-pixel."""
+        from argen.sampling.naive import autoregressive_fill
+
+        positions = resolve_order(self.generation_order() if order is None else order, *self.spatial_shape)
+        if positions.dim() != 2:
+            raise ValueError(f"naive sampling walks one order for the whole batch: expected an (H*W, 2) order, "
+                             f"given per-example orders of shape {tuple(positions.shape)}")
+        stepper = OrderStepper(self, cond, positions, known)
+        was_training = self.training
+        self.eval()
+        try:
+            return autoregressive_fill(self, x, known, cond, stepper, generator=generator, temperature=temperature,
+                                       top_k=top_k, top_p=top_p, progress=progress,
+                                       order=[tuple(p) for p in positions.tolist()])
+        finally:
+            self.train(was_training)
 
     def _generate_parallel(self, x: Tensor, known: Tensor | None, cond: Tensor | None,
                            generator: torch.Generator | None, temperature: float, top_k: int | None,
                            top_p: float | None, progress: bool, steps: int | None, order: OrderSpec | None) -> Tensor:
         b, d, n_stages = x.shape[0], self.num_dims, self.num_stages
-        if steps is not None and (not isinstance(steps, int) or not n_stages <= steps <= n_stages * d):
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
+                                  or not n_stages <= steps <= n_stages * d):
             raise ValueError(f"steps must be None or an integer in [{n_stages}, {n_stages * d}], given {steps!r}")
         gdev = generator.device if generator is not None else x.device
         known_dims = (torch.zeros(b, d, dtype=torch.bool, device=x.device) if known is None

@@ -16,6 +16,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from argen.distributions import Categorical
+from argen.fields import spec
 from argen.models.base import ARModel, ModelConfig
 from argen.nn import masked_output_head, scale_input
 from argen.nn.gated import GatedStackLayer
@@ -28,22 +29,20 @@ class GatedPixelCNNConfig(ModelConfig):
     columns to either side and 16 to the left in the current row. `hidden` and `head` must be
     divisible by the channel count (72 works for 1 and 3 channels)."""
 
-    hidden: int = 72
-    n_layers: int = 8
-    kernel: int = 5
-    skip: bool = True
-    head: int = 144
+    hidden: int = spec(72, ge=1)
+    n_layers: int = spec(8, ge=1)
+    kernel: int = spec(5, ge=3)  # odd
+    skip: bool = spec(True)
+    head: int = spec(144, ge=1)
 
     def validate(self) -> None:
         super().validate()
         c = self.image_shape[0]
-        if self.hidden < 1 or self.hidden % c or self.head < 1 or self.head % c:
+        if self.hidden % c or self.head % c:
             raise ValueError(
                 f"hidden and head must be positive multiples of {c} (channel groups), given hidden={self.hidden}, head={self.head}"
             )
-        if self.n_layers < 1:
-            raise ValueError(f"n_layers must be >= 1, given {self.n_layers}")
-        if self.kernel < 3 or self.kernel % 2 == 0:
+        if self.kernel % 2 == 0:
             raise ValueError(f"kernel must be odd and >= 3, given {self.kernel}")
 
 

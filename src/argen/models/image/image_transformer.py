@@ -37,6 +37,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from argen.distributions import Categorical
+from argen.fields import spec
 from argen.models.base import ARModel, ModelConfig
 from argen.nn import ClassEmbedding
 from argen.nn.attention import (
@@ -58,41 +59,27 @@ POSITION_KINDS = ("learned", "sinusoidal")
 class ImageTransformerConfig(ModelConfig):
     # Defaults sized for 28x28 data on a CPU: the paper's models (d_model 512, 12+ layers) need a
     # GPU; at d_model 256 / 8 layers / 256x768 windows a batch of 32 needs > 20 GB for backward.
-    d_model: int = 128
-    n_layers: int = 4
-    n_heads: int = 4
-    d_ff: int = 512
-    dropout: float = 0.0  # attention-probability dropout costs ~30% of a CPU step; raise it for long runs
-    attention: str = "local1d"
-    block_length: int = 128  # local1d: query block, in sub-pixels
-    memory_length: int = 256  # local1d: sub-pixels before the block each query block sees
-    block_h: int = 8  # local2d: query block, in pixels
-    block_w: int = 8
-    memory_h: int = 8  # local2d: rows above the block in the memory region
-    memory_w: int = 8  # local2d: columns left and right of the block in the memory region
-    pos_embedding: str = "learned"
+    d_model: int = spec(128, ge=1)
+    n_layers: int = spec(4, ge=1)
+    n_heads: int = spec(4, ge=1)  # divides d_model
+    d_ff: int = spec(512, ge=1)
+    # attention-probability dropout costs ~30% of a CPU step; raise it for long runs
+    dropout: float = spec(0.0, ge=0.0, lt=1.0)
+    attention: str = spec("local1d", choices=ATTENTION_KINDS)
+    block_length: int = spec(128, ge=1)  # local1d: query block, in sub-pixels
+    memory_length: int = spec(256, ge=0)  # local1d: sub-pixels before the block each query block sees
+    block_h: int = spec(8, ge=1)  # local2d: query block, in pixels
+    block_w: int = spec(8, ge=1)
+    memory_h: int = spec(8, ge=0)  # local2d: rows above the block in the memory region
+    memory_w: int = spec(8, ge=0)  # local2d: columns left and right of the block in the memory region
+    pos_embedding: str = spec("learned", choices=POSITION_KINDS)
 
     def validate(self) -> None:
         super().validate()
-        if self.attention not in ATTENTION_KINDS:
-            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, given {self.attention!r}")
-        if self.pos_embedding not in POSITION_KINDS:
-            raise ValueError(f"pos_embedding must be one of {POSITION_KINDS}, given {self.pos_embedding!r}")
-        if self.d_model < 1 or self.n_layers < 1 or self.n_heads < 1 or self.d_ff < 1:
-            raise ValueError(f"d_model, n_layers, n_heads, d_ff must be >= 1, given {self.d_model}, "
-                             f"{self.n_layers}, {self.n_heads}, {self.d_ff}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model must be divisible by n_heads={self.n_heads}, given {self.d_model}")
         if self.pos_embedding == "sinusoidal" and self.d_model % 2:
             raise ValueError(f"sinusoidal positions need an even d_model (rows and columns get half each), given {self.d_model}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), given {self.dropout}")
-        if self.block_length < 1 or self.memory_length < 0:
-            raise ValueError(f"expected block_length >= 1 and memory_length >= 0, "
-                             f"given {self.block_length}, {self.memory_length}")
-        if min(self.block_h, self.block_w) < 1 or min(self.memory_h, self.memory_w) < 0:
-            raise ValueError(f"expected block_h, block_w >= 1 and memory_h, memory_w >= 0, given "
-                             f"{(self.block_h, self.block_w)}, {(self.memory_h, self.memory_w)}")
 
 
 def make_pattern(cfg: ImageTransformerConfig) -> AttentionPattern:

@@ -37,7 +37,8 @@ from torch import Tensor, nn
 
 from argen.distributions import Categorical
 from argen.distributions.logistic_mixture import DiscretizedLogisticMixture
-from argen.models.base import ARModel, ModelConfig
+from argen.fields import spec
+from argen.models.base import ARModel, ModelConfig, check_flag, check_generate_options
 from argen.nn import scale_input
 from argen.nn.locally_masked import LocallyMaskedConv2d, OrderMasks
 from argen.nn.shifted import GatedResidualBlock, concat_elu
@@ -53,46 +54,27 @@ HEADS = ("logistic_mixture", "categorical")
 
 @dataclass
 class LMConvConfig(ModelConfig):
-    hidden: int = 32  # CPU-sized default (64 is ~6x slower per step on 2 cores)
-    kernel_size: int = 3
-    dilations: tuple[int, ...] = (1, 2, 4)
-    blocks_per_stage: int = 2
-    dropout: float = 0.0
-    head: str = "logistic_mixture"
-    components: int = 10  # logistic mixture components
-    order: str = "s_curve"  # default order: a name from argen.orders.list_orders()
-    variant: int = 0  # its reflection/transpose variant, 0..7
-    train_orders: int = 8  # loss draws from eval_orders(train_orders); 1 = default order only
-
-    def __post_init__(self) -> None:
-        # JSON round trips (checkpoints) give lists; keep the config comparable and hashable
-        self.dilations = tuple(int(d) for d in self.dilations)
+    hidden: int = spec(32, ge=1)  # CPU-sized default (64 is ~6x slower per step on 2 cores)
+    kernel_size: int = spec(3, ge=1)  # odd
+    dilations: tuple[int, ...] = spec((1, 2, 4), ge=1, min_len=1)  # one stage per dilation
+    blocks_per_stage: int = spec(2, ge=0)
+    dropout: float = spec(0.0, ge=0.0, lt=1.0)
+    head: str = spec("logistic_mixture", choices=HEADS)
+    components: int = spec(10, ge=1)  # logistic mixture components
+    order: str = spec("s_curve", choices=list_orders())  # default order: a name from argen.orders.list_orders()
+    variant: int = spec(0, ge=0, le=NUM_VARIANTS - 1)  # its reflection/transpose variant, 0..7
+    # loss draws from eval_orders(train_orders); 1 = default order only
+    train_orders: int = spec(8, ge=1, le=NUM_VARIANTS * len(list_orders()))
 
     def validate(self) -> None:
         super().validate()
-        if self.hidden < 1 or self.blocks_per_stage < 0:
-            raise ValueError(f"hidden must be >= 1 and blocks_per_stage >= 0, given {self.hidden}, {self.blocks_per_stage}")
-        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+        if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be odd and positive, given {self.kernel_size}")
-        if not self.dilations or any(d < 1 for d in self.dilations):
-            raise ValueError(f"dilations must be a non-empty sequence of positive integers, given {self.dilations}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), given {self.dropout}")
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, given {self.head!r}")
         if self.head == "categorical" and self.image_shape[0] != 1:
             raise ValueError(
                 f"head='categorical' needs 1 channel (the network never sees the current pixel, so it cannot "
                 f"condition G on R); given {self.image_shape[0]} channels: use head='logistic_mixture'"
             )
-        if self.components < 1:
-            raise ValueError(f"components must be >= 1, given {self.components}")
-        if self.order.lower().replace("-", "_") not in list_orders():
-            raise ValueError(f"order must be one of {list_orders()} (the variant goes in `variant`), given {self.order!r}")
-        if not 0 <= self.variant < NUM_VARIANTS:
-            raise ValueError(f"variant must be in [0, {NUM_VARIANTS - 1}], given {self.variant}")
-        if not 1 <= self.train_orders <= NUM_VARIANTS * len(list_orders()):
-            raise ValueError(f"train_orders must be in [1, {NUM_VARIANTS * len(list_orders())}], given {self.train_orders}")
 
 
 def ensemble_orders(order: str, variant: int, n: int) -> list[tuple[str, int]]:
@@ -190,6 +172,7 @@ class LMConv(ARModel):
                  order: OrderSpec | None = None) -> Tensor:
         """Exact log-likelihood in nats under `order` (default: the config's): (B,) or (B, H, W)."""
         self.check_input(x, cond)
+        check_flag("reduce", reduce)
         per_pixel = self.distribution.log_prob(self(x, cond, order), x)
         return per_pixel.flatten(1).sum(1) if reduce else per_pixel
 
@@ -211,6 +194,8 @@ class LMConv(ARModel):
 
         `orders` is a count (the orders of eval_orders(n)) or a list of order specs.
         """
+        if isinstance(orders, bool):
+            raise ValueError(f"expected a count of orders or a list of orders, given {orders!r}")
         specs = self.eval_orders(orders) if isinstance(orders, int) else list(orders)
         if not specs:
             raise ValueError("expected at least one order, given none")
@@ -239,6 +224,7 @@ class LMConv(ARModel):
         order of their first example.
         """
         self.check_input(x, cond)
+        check_generate_options(generator, temperature, top_k, top_p, progress, naive)
         known = self.check_known(known, x.shape[0])
         out = x.clone()
         masks, group = torch.unique(known.flatten(1), dim=0, return_inverse=True)

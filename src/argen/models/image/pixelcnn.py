@@ -12,6 +12,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from argen.distributions import Categorical
+from argen.fields import spec
 from argen.models.base import ARModel, ModelConfig
 from argen.nn import ClassEmbedding, MaskedConv2d, masked_output_head, scale_input
 from argen.registry import register_model
@@ -19,10 +20,10 @@ from argen.registry import register_model
 
 @dataclass
 class PixelCNNConfig(ModelConfig):
-    hidden: int = 96
-    n_blocks: int = 6
-    head: int = 96
-    first_kernel: int = 7
+    hidden: int = spec(96, ge=1)  # features of the residual stream; a multiple of 2 * channels
+    n_blocks: int = spec(6, ge=0)  # residual blocks (0: the input layer feeds the head)
+    head: int = spec(96, ge=1)  # features of the output layers; a multiple of channels
+    first_kernel: int = spec(7, ge=3)  # odd
 
     def validate(self) -> None:
         super().validate()
@@ -31,7 +32,7 @@ class PixelCNNConfig(ModelConfig):
             raise ValueError(
                 f"hidden must be divisible by {2 * c} and head by {c} (channel groups), given hidden={self.hidden}, head={self.head}"
             )
-        if self.first_kernel % 2 == 0 or self.first_kernel < 3:
+        if self.first_kernel % 2 == 0:
             raise ValueError(f"first_kernel must be odd and >= 3, given {self.first_kernel}")
 
 

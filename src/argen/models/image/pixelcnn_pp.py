@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from argen.distributions.logistic_mixture import DiscretizedLogisticMixture
+from argen.fields import spec
 from argen.models.base import ARModel, ModelConfig
 from argen.nn import scale_input
 from argen.nn.shifted import (
@@ -46,24 +47,16 @@ class PixelCNNppConfig(ModelConfig):
     dropout only slows it down, so the default is 0.1; use 0.5 for long runs on CIFAR-size data.
     """
 
-    filters: int = 64
-    blocks_per_stage: int = 2
-    components: int = 5
-    dropout: float = 0.1
+    filters: int = spec(64, ge=1)
+    blocks_per_stage: int = spec(2, ge=1)
+    components: int = spec(5, ge=1)
+    dropout: float = spec(0.1, ge=0.0, lt=1.0)
 
     def validate(self) -> None:
         super().validate()
         _, h, w = self.image_shape
         if h % 4 or w % 4:
             raise ValueError(f"pixelcnn_pp needs H and W divisible by 4 (two stride-2 downsamplings), given {h}x{w}")
-        if self.filters < 1:
-            raise ValueError(f"filters must be >= 1, given {self.filters}")
-        if self.blocks_per_stage < 1:
-            raise ValueError(f"blocks_per_stage must be >= 1, given {self.blocks_per_stage}")
-        if self.components < 1:
-            raise ValueError(f"components must be >= 1, given {self.components}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), given {self.dropout}")
 
 
 @register_model("pixelcnn_pp", tiny=dict(filters=4, blocks_per_stage=1, components=2))

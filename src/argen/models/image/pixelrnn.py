@@ -35,30 +35,56 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from argen.distributions import Categorical
+from argen.fields import spec
 from argen.models.base import ARModel, ModelConfig
 from argen.nn import ClassEmbedding, MaskedConv2d, masked_output_head, scale_input
 from argen.nn.recurrent import LSTMState, init_forget_bias_, lstm_cell, lstm_scan, skew, unskew, zero_state
 from argen.registry import register_model
 
+#: Sizes `hidden` and `head` take when not given, for one channel; with C channels each is rounded
+#: up to a multiple of C (every layer splits its features into C channel groups).
+DEFAULT_HIDDEN, DEFAULT_HEAD = 64, 256
+
+
+def _round_up(n: int, k: int) -> int:
+    return -(-n // k) * k
+
 
 @dataclass
 class PixelRNNConfig(ModelConfig):
-    hidden: int = 64  # LSTM units h per layer (and per direction); the residual stream has 2h
-    n_layers: int = 7
-    head: int = 256  # features of the two ReLU + 1x1 output layers
-    first_kernel: int = 7
+    """`hidden` and `head` must be multiples of the channel count C (channel groups). Left out
+    (None), they are filled in when the config is built: 64 and 256 rounded up to a multiple of C,
+    so 64 and 256 for grey images (the paper's MNIST sizes) and 66 and 258 for RGB (CIFAR-10). The
+    filled-in values are stored, so a saved config reloads as the same network."""
+
+    hidden: int | None = spec(None, ge=1)  # LSTM units h per layer (and per direction); the residual stream has 2h
+    n_layers: int = spec(7, ge=1)
+    head: int | None = spec(None, ge=1)  # features of the two ReLU + 1x1 output layers
+    first_kernel: int = spec(7, ge=3)  # odd
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._fill_sizes()
+
+    def _fill_sizes(self) -> None:
+        """hidden/head None -> the defaults rounded up to a multiple of the channel count."""
+        shape = self.image_shape
+        c = shape[0] if isinstance(shape, tuple) and shape and isinstance(shape[0], int) and shape[0] >= 1 else 1
+        if self.hidden is None:
+            self.hidden = _round_up(DEFAULT_HIDDEN, c)
+        if self.head is None:
+            self.head = _round_up(DEFAULT_HEAD, c)
 
     def validate(self) -> None:
         super().validate()
+        self._fill_sizes()  # set to None after the config was built
         c = self.image_shape[0]
-        if self.hidden < 1 or self.hidden % c or self.head < 1 or self.head % c:
+        if self.hidden % c or self.head % c:
             raise ValueError(
                 f"hidden and head must be positive and divisible by {c} (channel groups), "
                 f"given hidden={self.hidden}, head={self.head}"
             )
-        if self.n_layers < 1:
-            raise ValueError(f"n_layers must be >= 1, given {self.n_layers}")
-        if self.first_kernel % 2 == 0 or self.first_kernel < 3:
+        if self.first_kernel % 2 == 0:
             raise ValueError(f"first_kernel must be odd and >= 3, given {self.first_kernel}")
 
 

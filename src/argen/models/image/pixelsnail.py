@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from argen.distributions.logistic_mixture import DiscretizedLogisticMixture
+from argen.fields import spec
 from argen.models.base import ARModel, ModelConfig
 from argen.nn import scale_input
 from argen.nn.attention import CausalPattern, MultiHeadAttention, map_attention
@@ -43,22 +44,14 @@ class PixelSNAILConfig(ModelConfig):
     """Defaults are CPU-friendly; the paper (CIFAR-10) uses 256 filters, 12 blocks of 4 residual
     blocks, keys of 16 and values of 128 channels, 10 mixture components."""
 
-    filters: int = 64
-    n_blocks: int = 4
-    resnets_per_block: int = 2
-    heads: int = 1
-    key_dim: int = 16  # per head
-    value_dim: int = 64  # per head
-    components: int = 5
-    dropout: float = 0.1
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("filters", "n_blocks", "resnets_per_block", "heads", "key_dim", "value_dim", "components"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, given {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), given {self.dropout}")
+    filters: int = spec(64, ge=1)
+    n_blocks: int = spec(4, ge=1)
+    resnets_per_block: int = spec(2, ge=1)
+    heads: int = spec(1, ge=1)
+    key_dim: int = spec(16, ge=1)  # per head
+    value_dim: int = spec(64, ge=1)  # per head
+    components: int = spec(5, ge=1)
+    dropout: float = spec(0.1, ge=0.0, lt=1.0)
 
 
 def _conv1x1(in_ch: int, out_ch: int) -> nn.Module:
