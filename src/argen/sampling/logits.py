@@ -48,8 +48,12 @@ def check_sampling_options(temperature: Any = 1.0, top_k: Any = None, top_p: Any
 
 
 def temperature_scale(logits: Tensor, temperature: float) -> Tensor:
+    """logits / temperature, shifted so the largest is 0 first: a tiny temperature then tends to
+    the greedy choice (the rest go to -inf) instead of overflowing to inf - inf = NaN."""
     _check_temperature(temperature)
-    return logits if temperature == 1.0 else logits / temperature
+    if temperature == 1.0:
+        return logits
+    return (logits - logits.amax(-1, keepdim=True)) / temperature
 
 
 def top_k_filter(logits: Tensor, k: int | None) -> Tensor:
