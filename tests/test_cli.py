@@ -39,13 +39,30 @@ def test_train_writes_a_run(run, capsys):
     assert model.config.num_classes == 10
 
 
+def _in_process_eval(run: Path, n: int, batch_size: int) -> tuple[object, object, dict]:
+    """(model, full test split, evaluate_bpd result) of `argen eval RUN --max-examples n --batch-size b`, in process."""
+    from torch.utils.data import DataLoader, Subset
+
+    from argen.data import load_dataset
+    from argen.metrics.bpd import evaluate_bpd
+
+    desc = json.loads((run / "config.json").read_text())
+    model = argen.load(run, device="cpu")
+    full = load_dataset(desc["data"], "test", seed=desc["train"]["seed"])
+    result = evaluate_bpd(model, DataLoader(Subset(full, range(n)), batch_size=batch_size), device="cpu")
+    return model, full, result
+
+
 def test_eval(run, capsys):
     assert main(["eval", str(run), "--max-examples", "20", "--batch-size", "10", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     record = json.loads((run / "eval.json").read_text())
     assert record["n"] == 20 and record["split"] == "test" and record["exact"] is True and record["data"] == "mnist-2bit"
-    assert f"{record['bpd']:.4f} bits/dim" in out and "exact likelihood" in out
-    assert 0 < record["bpd"] < 2.5  # 4 levels: at most 2 bits/dim plus a little for an untrained model
+    assert "exact likelihood" in out
+    # the same figure as the Python API on the same weights and examples, to the printed precision and beyond
+    _, _, expect = _in_process_eval(run, 20, 10)
+    assert f"mnist-2bit test: {expect['bpd']:.4f} bits/dim, {expect['nats']:.2f} nats/example over 20 examples" in out
+    assert record["bpd"] == pytest.approx(expect["bpd"], rel=1e-9) and record["nats"] == pytest.approx(expect["nats"], rel=1e-9)
 
 
 def test_sample_and_naive_agree(run, tmp_path, capsys):
@@ -127,7 +144,8 @@ def test_bad_inputs_exit_codes(run, tmp_path, capsys):
     for bad in (["--set", "hidden=3"], ["--set", "model.nosuch=3"], ["--set", "train.lr=fast"],
                 ["--set", "model.hidden=abc"], ["--steps", "0"]):
         assert main(["train", "pixelcnn", "--out", str(tmp_path / "y"), *bad]) == 2, bad
-        assert capsys.readouterr().err.startswith("argen: error: ")
+        # parse-time errors (e.g. --steps 0) come after argparse's usage lines; the error is the last line
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith("argen: error: "), bad
     assert not (tmp_path / "y").exists()
 
     assert main(["train", "pixelcnn", "--out", str(run), "--steps", "4"]) == 2  # would clobber a run
@@ -197,13 +215,26 @@ def test_commands_are_pluggable():
     assert {"train", "eval", "sample", "complete", "models", "datasets"} <= names
 
 
-def test_eval_with_sample_metrics(run, capsys):
+def test_eval_with_sample_metrics(run, tmp_path, capsys):
     """`argen eval --sample-metrics` samples the model and adds MNIST-feature FID to eval.json."""
     assert main(["eval", str(run), "--max-examples", "20", "--batch-size", "10", "--device", "cpu",
-                 "--sample-metrics", "fid", "--sample-n", "6", "--sample-features", "mnist"]) == 0
+                 "--sample-metrics", "fid", "--sample-n", "6", "--sample-features", "mnist",
+                 "--stats-cache", str(tmp_path / "cli-cache")]) == 0
+    out = capsys.readouterr().out
     record = json.loads((run / "eval.json").read_text())
     metrics = record["sample_metrics"]
-    assert metrics["fid_mnist"] > 0 and "NOT comparable" in metrics["features"]
+    assert "NOT comparable" in metrics["features"]
+    # the same FID in process: same weights, sampling seed (0), batch size, feature network and reference
+    # split; reference statistics recomputed in a fresh cache
+    from argen.metrics.features import load_feature_extractor
+    from argen.metrics.quality import sample_quality
+
+    model, full, _ = _in_process_eval(run, 20, 10)
+    expect = sample_quality(model, full, metrics=["fid"], n=6, features=load_feature_extractor("mnist", "cpu"),
+                            split="test", batch_size=10, seed=0, cache_dir=tmp_path / "api-cache", progress=False)
+    assert metrics["n"] == 6 and metrics["reference_n"] == expect["reference_n"] == len(full)
+    assert f'"fid_mnist": {json.dumps(expect["fid_mnist"])}' in out  # printed as JSON, in full
+    assert metrics["fid_mnist"] == pytest.approx(expect["fid_mnist"], rel=1e-9)
 
 
 def test_eval_lmconv_order_ensemble(tmp_path, capsys):

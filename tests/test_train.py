@@ -333,3 +333,29 @@ def test_time_limit_stops_early(tmp_path):
     out = Trainer(model, data, cfg, run_dir=tmp_path / "run").fit()
     assert 0 < out["step"] < 100_000
     assert argen.load(tmp_path / "run").checkpoint_step == out["step"]
+
+
+def test_train_config_declares_and_checks_every_field():
+    """Every TrainConfig field has declared bounds, and out-of-range or mistyped values are refused
+    (train.lr=inf used to pass validation and die at step 2)."""
+    import dataclasses
+
+    from argen.fields import bad_values, undeclared_fields
+
+    assert undeclared_fields(TrainConfig) == []
+    TrainConfig().validate()
+    for f in dataclasses.fields(TrainConfig):
+        for bad in bad_values(TrainConfig, f.name):
+            with pytest.raises(ValueError, match=f"train.{f.name}"):
+                TrainConfig(**{f.name: bad}).validate()
+    for values in ({"lr": "inf"}, {"lr": float("nan")}, {"grad_clip": "inf"}, {"time_limit": float("inf")},
+                   {"betas": [0.9, 1.0]}, {"seed": -1}, {"steps": 0}, {"warmup_steps": -1}):
+        with pytest.raises(ValueError, match="train."):
+            TrainConfig.from_dict(values)
+    with pytest.raises(ValueError, match="train.lr"):
+        Trainer(tiny_model(), TinyData(), quiet(steps=2, lr=float("inf")), device="cpu")
+    # the copies of coerce / coerce_fields are gone: train.config uses argen.fields' own
+    import argen.fields
+    import argen.train.config as config
+
+    assert config.coerce is argen.fields.coerce and config.coerce_fields is argen.fields.coerce_fields

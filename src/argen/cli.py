@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import importlib
+import math
 import os
 import sys
 import traceback
@@ -94,12 +95,27 @@ def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N (default: auto)")
 
 
+#: Seeds torch generators accept (`torch.Generator.manual_seed` takes unsigned 64-bit values).
+SEED_MAX = 2**64 - 1
+
+
+def seed_arg() -> Callable[[str], int]:
+    """argparse `type=` for a random seed: an integer in [0, 2**64 - 1]."""
+    from argen.fields import int_arg
+
+    return int_arg(ge=0, le=SEED_MAX)
+
+
 def _add_sampling(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=0, help="random seed of the draw (default: 0)")
-    p.add_argument("--temperature", type=float, default=1.0, help="divide logits by this (default: 1.0)")
-    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely values per sub-pixel")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: keep the most likely mass p")
-    p.add_argument("--steps", type=int, default=None,
+    from argen.fields import float_arg, int_arg
+
+    p.add_argument("--seed", type=seed_arg(), default=0, help="random seed of the draw (default: 0)")
+    p.add_argument("--temperature", type=float_arg(gt=0), default=1.0,
+                   help="divide logits by this, > 0 (default: 1.0)")
+    p.add_argument("--top-k", type=int_arg(ge=1), default=None, help="keep the k most likely values per sub-pixel")
+    p.add_argument("--top-p", type=float_arg(gt=0, le=1), default=None,
+                   help="nucleus sampling: keep the most likely mass p, in (0, 1]")
+    p.add_argument("--steps", type=int_arg(ge=1), default=None,
                    help="network-call budget for models that sample in parallel (ARDM); default: one per dim")
     p.add_argument("--naive", action="store_true",
                    help="use the reference sampler (one full forward pass per step) instead of the model's own")
@@ -146,10 +162,12 @@ def register_train(sub: Any) -> None:
     p.add_argument("model", help="registered model name (see `argen models`)")
     p.add_argument("--data", default=None, help="dataset name (see `argen datasets`; default: mnist)")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files, where it needs one")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (train.steps)")
-    p.add_argument("--batch-size", type=int, default=None, help="examples per step per process (train.batch_size)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (train.lr)")
-    p.add_argument("--seed", type=int, default=None, help="seed of init, data order and training (train.seed)")
+    p.add_argument("--steps", type=_train_option("steps"), default=None, help="optimizer steps (train.steps)")
+    p.add_argument("--batch-size", type=_train_option("batch_size"), default=None,
+                   help="examples per step per process (train.batch_size)")
+    p.add_argument("--lr", type=_train_option("lr"), default=None, help="peak learning rate (train.lr)")
+    p.add_argument("--seed", type=_train_option("seed"), default=None,
+                   help="seed of init, data order and training (train.seed)")
     p.add_argument("--out", default=None, help="run directory (default: runs/MODEL-DATA)")
     p.add_argument("--config", default=None, help='JSON or TOML file: {"model": {...}, "train": {...}}')
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
@@ -162,6 +180,43 @@ def register_train(sub: Any) -> None:
     p.set_defaults(func=cmd_train)
 
 
+def _train_option(name: str) -> Callable[[str], Any]:
+    """argparse `type=` for option train.NAME, with the bounds `TrainConfig` declares for it."""
+    import dataclasses
+    import typing
+
+    from argen.fields import field_bounds, float_arg, int_arg
+    from argen.train.config import TrainConfig
+
+    field = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    bounds, _ = field_bounds(field)
+    if typing.get_type_hints(TrainConfig)[name] is float:
+        return float_arg(ge=bounds.ge, gt=bounds.gt, le=bounds.le, lt=bounds.lt)
+    return int_arg(ge=bounds.ge, gt=bounds.gt, le=bounds.le)
+
+
+#: Model settings that the dataset decides (`argen train` sets them from it).
+DATASET_DECIDES = ("image_shape", "video_shape", "levels")
+
+
+def _check_dataset_settings(entry: Any, given: dict[str, Any], data: str, ds: Any, shape_key: str) -> None:
+    """Refuse model.levels / model.image_shape / model.video_shape unless equal to the dataset's."""
+    from argen.train.config import coerce_fields
+
+    for key in DATASET_DECIDES:
+        if key not in given:
+            continue
+        value = coerce_fields(entry.cls.config_class, {key: given[key]}, section="model")[key]
+        if key == "levels":
+            expected, what = ds.levels, f"{ds.levels} levels"
+        else:
+            expected = tuple(ds.shape) if key == shape_key else None
+            what = f"shape {list(ds.shape)}"
+        if value != expected:
+            raise ValueError(f"model.{key} is decided by the dataset ({data!r} has {what}), given {given[key]!r}; "
+                             "drop the setting or choose another --data")
+
+
 def _data_slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("_") or "data"
 
@@ -169,17 +224,19 @@ def _data_slug(name: str) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
+    from argen.checkpoint import CONFIG_FILE, EMA_FILE, WEIGHTS_FILE, CorruptCheckpointError
     from argen.data import load_dataset
     from argen.registry import get_entry
     from argen.train import TrainConfig, Trainer, clear_run_dir, has_checkpoint, load_config_file, merge_configs, \
         parse_overrides
     from argen.train import distributed as D
     from argen.train.config import coerce_fields
-    from argen.train.trainer import RUN_FILES
+    from argen.train.trainer import RUN_FILES, SAMPLES_DIR, TENSORBOARD_DIR, read_train_state
 
     entry = get_entry(args.model)  # unknown model: ValueError listing the names
     layers = [load_config_file(args.config)] if args.config else []
     layers.append(parse_overrides(args.set))
+    user_model = merge_configs(*layers)["model"]  # what the user set, without a resumed run's own
     flags = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
     layers.append({"train": {k: v for k, v in flags.items() if v is not None}})
 
@@ -187,9 +244,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     resume = args.resume and has_checkpoint(run_dir)
-    data, root = args.data, args.data_root
+    data, root, point = args.data, args.data_root, None
     if resume:
-        desc = run_description(run_dir)
+        try:  # a verified train_state.pt; config.json is only checked against it
+            point = read_train_state(run_dir)
+        except CorruptCheckpointError as e:
+            raise CheckpointError(str(e)) from None
+        desc = point.description()
         if desc.get("model") != args.model:
             raise ValueError(f"cannot resume {str(run_dir)!r} as {args.model!r}: it holds a {desc.get('model')!r} run")
         stored_model = coerce_fields(entry.cls.config_class, dict(desc.get("config") or {}), section="model")
@@ -205,9 +266,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         stored = {"model": dict(desc.get("config") or {}), "train": dict(desc.get("train") or {})}
         layers.insert(0, stored)
     else:
-        if args.resume:
-            say(f"argen: no checkpoint in {run_dir}; starting a new run")
         existing = [n for n in RUN_FILES if (run_dir / n).exists()]
+        if args.resume:
+            kept = [n for n in (CONFIG_FILE, WEIGHTS_FILE, EMA_FILE) if (run_dir / n).exists()]
+            if kept:  # a model checkpoint without the state to continue it: not ours to delete
+                raise CheckpointError(f"cannot resume {str(run_dir)!r}: it holds {', '.join(kept)} but no "
+                                      "train_state.pt to continue from; pass --overwrite to start over there")
+            if existing or any((run_dir / n).exists() for n in (SAMPLES_DIR, TENSORBOARD_DIR)):
+                say(f"argen: no checkpoint in {run_dir} (the earlier run stopped before its first checkpoint "
+                    "was complete); removing its logs and starting a new run")
+                if _is_main_process():
+                    clear_run_dir(run_dir)
+                existing = []
+            else:
+                say(f"argen: no checkpoint in {run_dir}; starting a new run")
         if existing and not args.overwrite:
             raise ValueError(f"run directory {str(run_dir)!r} already holds a run ({', '.join(existing)}); "
                              "pass --resume to continue it or --overwrite to start over")
@@ -232,8 +304,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if shape_key not in config_fields:
         raise ValueError(f"model {args.model!r} takes {'images' if shape_key == 'video_shape' else 'video'}, "
                          f"given dataset {data!r} of shape {tuple(train_ds.shape)}")
-    for key in ("image_shape", "video_shape", "levels"):
-        model_kw.pop(key, None)  # these come from the dataset
+    _check_dataset_settings(entry, user_model, data, train_ds, shape_key)
+    for key in DATASET_DECIDES:
+        model_kw.pop(key, None)  # these come from the dataset (a resumed run's stored values equal them)
     if conditional:
         if not train_ds.num_classes:
             raise ValueError(f"--class-conditional needs a labelled dataset, given {data!r} without labels")
@@ -247,8 +320,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     torch.manual_seed(train_cfg.seed)
     model = argen.create_model(args.model, **model_kw)
-    trainer = Trainer(model, train_ds, train_cfg, run_dir=run_dir, eval_data=test_ds, device=args.device,
-                      resume=resume, extra={"data": data, "data_root": root})
+    try:
+        trainer = Trainer(model, train_ds, train_cfg, run_dir=run_dir, eval_data=test_ds, device=args.device,
+                          resume=point if point is not None else False, extra={"data": data, "data_root": root})
+    except CorruptCheckpointError as e:
+        raise CheckpointError(str(e)) from None
+    if trainer.resume_note:
+        say(f"argen: {trainer.resume_note}")
+    if trainer.finished:
+        D.cleanup()
+        test = trainer.metrics.get("test_bpd")
+        say(f"argen: the run in {run_dir} already finished at step {trainer.step}"
+            + (f" (test {test:.4f} bits/dim)" if isinstance(test, float) else "")
+            + "; nothing to do (raise --steps to train further)")
+        return EXIT_OK
     n_params = sum(p.numel() for p in model.parameters())
     say(f"argen: training {args.model} ({n_params:,} parameters) on {data} {tuple(train_ds.shape)} "
         f"with {train_ds.levels} levels, "
@@ -278,9 +363,11 @@ def register_eval(sub: Any) -> None:
     p.add_argument("--data", default=None, help="dataset (default: the one the run trained on)")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files, where it needs one")
     p.add_argument("--split", default="test", help="train or test (default: test)")
-    p.add_argument("--batch-size", type=int, default=100, help="examples per forward pass (default: 100)")
-    p.add_argument("--max-examples", type=int, default=None, help="evaluate the first N examples only")
-    p.add_argument("--orders", type=int, default=None, metavar="N",
+    from argen.fields import int_arg
+
+    p.add_argument("--batch-size", type=int_arg(ge=1), default=100, help="examples per forward pass (default: 100)")
+    p.add_argument("--max-examples", type=int_arg(ge=1), default=None, help="evaluate the first N examples only")
+    p.add_argument("--orders", type=int_arg(ge=1), default=None, metavar="N",
                    help="models that generate in any order (lmconv): average the likelihood over N orders")
     _add_device(p)
     from argen.metrics.commands import add_eval_arguments
@@ -299,11 +386,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1, given {args.batch_size}")
     if args.max_examples is not None and args.max_examples < 1:
         raise ValueError(f"--max-examples must be >= 1, given {args.max_examples}")
+    from argen.metrics.commands import eval_sample_metrics, prepare_eval_sample_metrics
+
     device = _device(args.device)
     model = load_run(args.run, device)
     desc = run_description(args.run)
     full = run_dataset(desc, args.data, args.data_root, args.split, model)
     ds = full if args.max_examples is None else Subset(full, range(min(len(full), args.max_examples)))
+    networks = prepare_eval_sample_metrics(args, device)  # bad --sample-* options fail before evaluating
     log_prob, orders = None, None
     if args.orders is not None:
         if not hasattr(model, "log_prob_ensemble"):
@@ -314,6 +404,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
               + ", ".join(f"{name}:{variant}" for name, variant in orders))
     result = evaluate_bpd(model, DataLoader(ds, batch_size=args.batch_size), device=device, progress=True,
                           log_prob=log_prob)
+    if not (math.isfinite(result["bpd"]) and math.isfinite(result["nats"])):
+        raise CheckpointError(f"the checkpoint produced non-finite log-likelihoods ({result['bpd']} bits/dim over "
+                              f"{result['n']} examples): its weights are corrupt or overflow; nothing was recorded")
     exact = bool(model.exact_likelihood)
     record = {"data": args.data or desc.get("data"), "split": args.split, "bpd": result["bpd"],
               "nats": result["nats"], "n": result["n"], "exact": exact, "step": desc.get("step"),
@@ -322,9 +415,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     kind = "exact likelihood" if exact else "upper bound: this model's likelihood is a bound"
     print(f"{record['data']} {args.split}: {result['bpd']:.4f} bits/dim, {result['nats']:.2f} nats/example "
           f"over {result['n']} examples ({kind})")
-    from argen.metrics.commands import eval_sample_metrics
-
-    quality = eval_sample_metrics(model, args, full, split=args.split, batch_size=args.batch_size)
+    quality = eval_sample_metrics(model, args, full, split=args.split, batch_size=args.batch_size, networks=networks)
     if quality is not None:
         record["sample_metrics"] = quality
         print(json.dumps(quality, indent=2, default=str))
@@ -333,14 +424,36 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 # ----- sample -----------------------------------------------------------------------------------
+#: Lossless image formats the grid writer (imageio) supports; the suffix of -o picks one.
+IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".ppm")
+
+
+def check_image_output(path: str | os.PathLike[str], option: str = "-o") -> Path:
+    """Check an output image path before sampling: a lossless format, not a folder, in a folder that exists.
+
+    An existing file is fine (it is replaced atomically once the grid is ready).
+    """
+    from argen.metrics.commands import check_output_file
+
+    out = Path(path)
+    check_output_file(out, option)
+    if out.suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"{option} {str(out)!r}: expected a lossless image file ending in "
+                         f"{', '.join(IMAGE_SUFFIXES)}, given suffix {out.suffix or '(none)'!r}")
+    return out
+
+
 def register_sample(sub: Any) -> None:
+    from argen.fields import int_arg
+
     p = sub.add_parser("sample", help="draw samples from a trained model into an image grid")
     p.add_argument("run", help="run directory written by `argen train`")
-    p.add_argument("-n", "--num", type=int, default=64, help="number of samples (default: 64)")
-    p.add_argument("-o", "--output", default="samples.png", help="output image (default: samples.png)")
-    p.add_argument("--class", dest="klass", type=int, default=None, metavar="K",
+    p.add_argument("-n", "--num", type=int_arg(ge=1), default=64, help="number of samples (default: 64)")
+    p.add_argument("-o", "--output", default="samples.png",
+                   help=f"output image, one of {', '.join(IMAGE_SUFFIXES)} (default: samples.png)")
+    p.add_argument("--class", dest="klass", type=int_arg(ge=0), default=None, metavar="K",
                    help="class label for every sample (class-conditional models; default: cycle 0..C-1)")
-    p.add_argument("--nrow", type=int, default=None, help="images per grid row")
+    p.add_argument("--nrow", type=int_arg(ge=1), default=None, help="images per grid row")
     _add_sampling(p)
     _add_device(p)
     p.set_defaults(func=cmd_sample)
@@ -353,11 +466,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.num < 1:
         raise ValueError(f"-n must be >= 1, given {args.num}")
+    output = check_image_output(args.output)  # before sampling, not after
     model = load_run(args.run, _device(args.device)).eval()
     cond = _labels(model, args.num, args.klass)
     x0 = torch.zeros((args.num, *model.data_shape), dtype=torch.long, device=model.device)
     x = _generate(model, x0, None, cond, args)
-    path = save_grid(x.cpu(), model.levels, args.output, nrow=args.nrow)
+    path = save_grid(x.cpu(), model.levels, output, nrow=args.nrow)  # atomic: temporary file, then rename
     print(f"argen: wrote {args.num} samples to {path}")
     return EXIT_OK
 
@@ -392,11 +506,14 @@ def hidden_mask(kind: str, n: int, spatial: Sequence[int], seed: int = 0) -> Any
 
 
 def register_complete(sub: Any) -> None:
+    from argen.fields import int_arg
+
     p = sub.add_parser("complete", help="fill in hidden parts of test images (grid: original, masked, completed)")
     p.add_argument("run", help="run directory written by `argen train`")
     p.add_argument("--mask", required=True, choices=MASKS, help="the region to hide and fill in")
-    p.add_argument("-n", "--num", type=int, default=8, help="number of images (default: 8)")
-    p.add_argument("-o", "--output", default="completions.png", help="output image (default: completions.png)")
+    p.add_argument("-n", "--num", type=int_arg(ge=1), default=8, help="number of images (default: 8)")
+    p.add_argument("-o", "--output", default="completions.png",
+                   help=f"output image, one of {', '.join(IMAGE_SUFFIXES)} (default: completions.png)")
     p.add_argument("--data", default=None, help="dataset (default: the one the run trained on)")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files, where it needs one")
     p.add_argument("--split", default="test", help="split the images come from (default: test)")
@@ -412,6 +529,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
     if args.num < 1:
         raise ValueError(f"-n must be >= 1, given {args.num}")
+    output = check_image_output(args.output)  # before sampling, not after
     model = load_run(args.run, _device(args.device)).eval()
     ds = run_dataset(run_description(args.run), args.data, args.data_root, args.split, model)
     n = min(args.num, len(ds))
@@ -424,7 +542,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
     fill = (model.levels - 1) // 2  # hidden pixels show as mid grey (black for binary data)
     masked = x.masked_fill(hidden.unsqueeze(-3), fill)
     grid = torch.cat([x, masked, completed]).cpu()
-    path = save_grid(grid, model.levels, args.output, nrow=n)
+    path = save_grid(grid, model.levels, output, nrow=n)  # atomic: temporary file, then rename
     print(f"argen: wrote {n} completions ({args.mask} hidden) to {path}: rows are original, masked, completed")
     return EXIT_OK
 

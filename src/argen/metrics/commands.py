@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from argen.fields import float_arg, int_arg
 from argen.metrics.quality import METRICS
+
+#: Seeds torch generators accept (unsigned 64-bit).
+SEED_MAX = 2**64 - 1
+#: Feature networks by name; anything else must be a network file.
+FEATURE_NAMES = ("inception", "mnist")
+#: Metrics computed from class logits (the features network or --is-network must give them).
+LOGIT_METRICS = ("is", "conf")
 
 
 def _metrics(text: str) -> list[str]:
@@ -32,12 +42,13 @@ def _common(p: argparse.ArgumentParser, *, n: int, batch: int, data_help: str) -
     p.add_argument("--data", default=None, help=data_help)
     p.add_argument("--data-root", default=None, help="folder holding the reference data set's files, where it needs one")
     p.add_argument("--split", default="test", help="split of the reference data set (default: test)")
-    p.add_argument("--n", type=int, default=n, help=f"number of samples to generate (default: {n})")
-    p.add_argument("--reference-n", type=int, default=None,
+    p.add_argument("--n", type=int_arg(ge=1), default=n, help=f"number of samples to generate (default: {n})")
+    p.add_argument("--reference-n", type=int_arg(ge=1), default=None,
                    help="use N reference examples spread evenly over the split (default: the whole split)")
-    p.add_argument("--batch-size", type=int, default=batch, help=f"batch size for sampling and features (default: {batch})")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    p.add_argument("--batch-size", type=int_arg(ge=1), default=batch,
+                   help=f"batch size for sampling and features (default: {batch})")
+    p.add_argument("--seed", type=int_arg(ge=0, le=SEED_MAX), default=0, help="sampling seed (default: 0)")
+    p.add_argument("--temperature", type=float_arg(gt=0), default=1.0, help="sampling temperature, > 0 (default: 1.0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--cache-dir", default=None,
                    help="where reference statistics are cached (default: $ARGEN_CACHE_DIR or ~/.cache/argen/stats)")
@@ -48,6 +59,8 @@ def _common(p: argparse.ArgumentParser, *, n: int, batch: int, data_help: str) -
 
 def register(subparsers: Any) -> None:
     """Add `fid` and `fvd` to an argparse subparsers object."""
+    from argen.metrics.i3d import MIN_FRAMES
+
     p = subparsers.add_parser(
         "fid", help="FID (and KID, precision/recall, IS) of a model's samples against a data set",
         description="Sample a trained model and compare its samples with a data set split. Reference statistics "
@@ -60,7 +73,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--is-network", default=None, metavar="SPEC",
                    help="network with class logits for the Inception Score, if the features network has none "
                         "(inception | mnist | FILE)")
-    p.add_argument("--levels", type=int, default=256, help="value levels of samples read from a file (default: 256)")
+    p.add_argument("--levels", type=int_arg(ge=2, le=256), default=256,
+                   help="value levels of samples read from a file, 2..256 (default: 256)")
     _common(p, n=10000, batch=100, data_help="reference data set (default: the one the run was trained on)")
     p.set_defaults(func=fid_command)
 
@@ -71,10 +85,11 @@ def register(subparsers: Any) -> None:
                     "pytorch-i3d state dict such as i3d_pretrained_400.pt with --i3d.")
     p.add_argument("run", help="a run directory of a video model, or a .npy file of clips (N, T, C, H, W)")
     p.add_argument("--i3d", required=True, metavar="FILE", help="I3D weights (pytorch-i3d layout), e.g. i3d_pretrained_400.pt")
-    p.add_argument("--frames", type=int, default=None,
+    p.add_argument("--frames", type=int_arg(ge=MIN_FRAMES), default=None,
                    help="use the first N frames of every clip (the reference uses 16; I3D needs at least 9)")
     p.add_argument("--metrics", type=_metrics, default=["fid"], help="fid (= FVD) and/or kid (= KVD) (default: fid)")
-    p.add_argument("--levels", type=int, default=256, help="value levels of clips read from a file (default: 256)")
+    p.add_argument("--levels", type=int_arg(ge=2, le=256), default=256,
+                   help="value levels of clips read from a file, 2..256 (default: 256)")
     _common(p, n=256, batch=8, data_help="reference video data set (default: the one the run was trained on)")
     p.set_defaults(func=fvd_command)
 
@@ -84,7 +99,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("sample quality (off unless --sample-metrics is given)")
     g.add_argument("--sample-metrics", type=_metrics, default=None, metavar="LIST",
                    help="also sample the model and compute these: comma list of fid, kid, pr, is")
-    g.add_argument("--sample-n", type=int, default=1000, help="samples for the sample metrics (default: 1000)")
+    g.add_argument("--sample-n", type=int_arg(ge=1), default=1000, help="samples for the sample metrics (default: 1000)")
     g.add_argument("--sample-features", default="mnist",
                    help="feature network: inception | mnist | FILE (default: mnist, argen's MNIST classifier; "
                         "its FID is not comparable to Inception FID)")
@@ -92,20 +107,91 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--stats-cache", default=None, metavar="DIR", help="cache directory for reference statistics")
 
 
-def eval_sample_metrics(model: Any, args: argparse.Namespace, data: Any, *, split: str = "test",
-                        batch_size: int = 100, seed: int = 0, progress: bool = True) -> dict[str, Any] | None:
-    """Run the metrics `add_eval_arguments` asked for; None when --sample-metrics was not given."""
+def check_feature_spec(spec: str, option: str) -> None:
+    """Refuse a feature network that is neither a known name nor an existing file (cheap: loads nothing).
+
+    A spec that looks like a path (has a folder or a suffix) and is missing raises FileNotFoundError
+    (exit 3); any other unknown word raises ValueError naming the choices (exit 2).
+    """
+    if spec in FEATURE_NAMES or os.path.isfile(spec):
+        return
+    if os.path.isdir(spec):
+        raise IsADirectoryError(f"{option} {spec!r} is a directory, expected a network file")
+    if os.sep in spec or "/" in spec or Path(spec).suffix:
+        raise FileNotFoundError(f"{option}: no network file at {spec!r}")
+    raise ValueError(f"expected {option} {' or '.join(repr(n) for n in FEATURE_NAMES)} or an existing network file, "
+                     f"given {spec!r}")
+
+
+def prepare_eval_sample_metrics(args: argparse.Namespace, device: Any) -> tuple[Any, Any] | None:
+    """Check (and load) the networks `--sample-metrics` needs before `argen eval` does any long work.
+
+    Returns (features, is_network or None) for `eval_sample_metrics`, or None when no sample metrics
+    were asked for (the network names are still checked, so a typo is never silently ignored).
+    """
+    check_feature_spec(args.sample_features, "--sample-features")
+    if args.is_network is not None:
+        check_feature_spec(args.is_network, "--is-network")
     if not getattr(args, "sample_metrics", None):
         return None
     from argen.metrics.features import load_feature_extractor
-    from argen.metrics.quality import sample_quality
 
-    device = model.device
     features = load_feature_extractor(args.sample_features, device)
     is_net = load_feature_extractor(args.is_network, device) if args.is_network else None
-    return sample_quality(model, data, metrics=args.sample_metrics, n=args.sample_n, features=features,
-                          is_network=is_net, split=split, batch_size=batch_size, seed=seed,
-                          cache_dir=args.stats_cache, progress=progress)
+    if any(m in LOGIT_METRICS for m in args.sample_metrics):
+        (is_net or features).require_logits()  # fail before evaluating, not after
+    return features, is_net
+
+
+def eval_sample_metrics(model: Any, args: argparse.Namespace, data: Any, *, split: str = "test",
+                        batch_size: int = 100, seed: int = 0, progress: bool = True,
+                        networks: tuple[Any, Any] | None = None) -> dict[str, Any] | None:
+    """Run the metrics `add_eval_arguments` asked for; None when --sample-metrics was not given.
+
+    `networks` is what `prepare_eval_sample_metrics` returned (loaded here when not given). A
+    non-finite figure raises `argen.cli.CheckpointError` instead of being reported.
+    """
+    if not getattr(args, "sample_metrics", None):
+        return None
+    from argen.metrics.quality import sample_quality
+
+    features, is_net = networks or prepare_eval_sample_metrics(args, model.device)
+    result = sample_quality(model, data, metrics=args.sample_metrics, n=args.sample_n, features=features,
+                            is_network=is_net, split=split, batch_size=batch_size, seed=seed,
+                            cache_dir=args.stats_cache, progress=progress)
+    check_finite(result)
+    return result
+
+
+def check_finite(result: dict[str, Any]) -> None:
+    """Raise `argen.cli.CheckpointError` (exit 3) if any metric value is NaN or infinite."""
+    bad = {k: v for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        from argen.cli import CheckpointError
+
+        raise CheckpointError(
+            "non-finite metric value(s) " + ", ".join(f"{k} = {v}" for k, v in bad.items())
+            + ": the samples or the feature network gave non-finite features (corrupt checkpoint or network file?)")
+
+
+def check_output_file(path: str | os.PathLike[str] | None, option: str, *, make_parents: bool = False) -> None:
+    """Before long work: the path must not be a folder, and its folder must exist (or be creatable).
+
+    A folder raises IsADirectoryError and a missing folder FileNotFoundError (exit 3); a folder
+    path that runs through a file raises ValueError (exit 2).
+    """
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{option} {str(path)!r} is a directory, expected a file path")
+    parent = path.parent
+    while make_parents and not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # the nearest existing ancestor must be a folder
+    if not parent.is_dir():
+        if parent.exists():
+            raise ValueError(f"{option} {str(path)!r}: {str(parent)!r} is a file, not a folder")
+        raise FileNotFoundError(f"{option} {str(path)!r}: the folder {str(parent)!r} does not exist")
 
 
 # ----- helpers --------------------------------------------------------------------------------------
@@ -212,15 +298,20 @@ def fid_command(args: argparse.Namespace) -> int:
     from argen.metrics.features import load_feature_extractor
     from argen.metrics.quality import batches_quality
 
+    check_feature_spec(args.features, "--features")
+    if args.is_network is not None:
+        check_feature_spec(args.is_network, "--is-network")
+    check_output_file(args.json, "--json", make_parents=True)
     device = _device(args.device)
     features = load_feature_extractor(args.features, device)
     is_net = load_feature_extractor(args.is_network, device) if args.is_network else None
-    if "is" in args.metrics:
+    if any(m in LOGIT_METRICS for m in args.metrics):
         (is_net or features).require_logits()  # fail before sampling, not after
     batches, levels, ds, n = _source(args, device, video=False)
     result = batches_quality(batches, levels, ds, metrics=args.metrics, features=features, is_network=is_net,
                              split=args.split, reference_n=args.reference_n, batch_size=args.batch_size, total=n,
                              cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=not args.no_progress)
+    check_finite(result)
     _report(result, args, ds.name)
     return 0
 
@@ -233,6 +324,7 @@ def fvd_command(args: argparse.Namespace) -> int:
         raise ValueError(f"expected --metrics among fid, kid for videos, given {args.metrics}")
     if args.frames is not None and args.frames < MIN_FRAMES:
         raise ValueError(f"expected --frames >= {MIN_FRAMES} (I3D's minimum), given {args.frames}")
+    check_output_file(args.json, "--json", make_parents=True)
     device = _device(args.device)
     features = i3d_extractor(args.i3d, device)
     batches, levels, ds, n = _source(args, device, video=True)
@@ -243,6 +335,7 @@ def fvd_command(args: argparse.Namespace) -> int:
     result = batches_quality(batches, levels, reference, metrics=args.metrics, features=features, split=args.split,
                              reference_n=args.reference_n, batch_size=args.batch_size, total=n,
                              cache_dir=args.cache_dir, use_cache=not args.no_cache, progress=not args.no_progress)
+    check_finite(result)
     _report(result, args, ds.name)
     return 0
 
@@ -257,6 +350,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - CheckpointError (e.g. a non-finite result): exit 3 as in argen.cli
+        from argen.cli import CheckpointError
+
+        if not isinstance(e, CheckpointError):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

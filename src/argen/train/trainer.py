@@ -11,6 +11,8 @@ same weights as one that was never interrupted (bit for bit on the CPU).
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 import math
@@ -29,7 +31,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from argen.checkpoint import CONFIG_FILE, EMA_FILE, WEIGHTS_FILE, atomic_write_bytes, save
+from argen import checkpoint as ckpt
+from argen.checkpoint import CONFIG_FILE, EMA_FILE, WEIGHTS_FILE, CorruptCheckpointError, atomic_write_bytes, save
 from argen.device import resolve_device
 from argen.metrics.bpd import bits_per_dim, evaluate_bpd
 from argen.train import distributed as D
@@ -43,8 +46,12 @@ METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
 TENSORBOARD_DIR = "tb"
 STATE_FORMAT = "argen-train-state"
+#: Version 2 adds "digest" (SHA-256 over the whole state), "extra" and "finished".
+STATE_VERSION = 2
 #: Files a run directory may hold; `clear_run_dir` removes only these.
 RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, EMA_FILE, STATE_FILE, METRICS_FILE, "eval.json")
+#: Files only the trainer's main process writes: their stale temporaries are removed at a save or resume.
+CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, EMA_FILE, STATE_FILE, METRICS_FILE)
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -61,7 +68,171 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
 
 
 def has_checkpoint(run_dir: str | os.PathLike[str]) -> bool:
+    """True when `run_dir` holds a training state to resume from (`read_train_state` checks it)."""
     return (Path(run_dir) / STATE_FILE).is_file()
+
+
+# ----- the checkpoint set on disk ----------------------------------------------------------------
+# A save writes, each file atomically (temporary file, fsync, rename):
+#   1. train_state.pt   everything needed to resume, with a SHA-256 digest over its own contents
+#   2. model.safetensors, 3. ema.safetensors   the weights to evaluate and sample with
+#   4. config.json      the commit record: the description plus the checksum of each file above
+# A kill after any prefix of these leaves either the previous complete set (nothing renamed yet)
+# or a train_state.pt that is newer than config.json. Resuming reads train_state.pt, verifies its
+# digest, and accepts it; when config.json is missing or does not record exactly these files
+# (the interrupted case), the trainer rewrites weights and config.json from the state before it
+# trains, so the set is consistent again. A state that fails its digest or cannot be read is
+# corrupt (CorruptCheckpointError), never silently used.
+def _feed(h: Any, obj: Any) -> None:
+    """Hash plain data (dicts, lists, tensors, scalars) canonically, independent of dict order."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)};".encode())
+        for key in sorted(obj, key=repr):
+            _feed(h, key)
+            _feed(h, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{'L' if isinstance(obj, list) else 'U'}{len(obj)};".encode())
+        for item in obj:
+            _feed(h, item)
+    elif obj is None or isinstance(obj, (bool, int, float, str, bytes)):
+        h.update(f"{type(obj).__name__}:{obj!r};".encode())
+    else:
+        raise TypeError(f"training state holds a {type(obj).__name__}, expected plain data and tensors")
+
+
+def state_digest(state: dict[str, Any]) -> str:
+    """SHA-256 over a training state without its "digest" entry."""
+    h = hashlib.sha256()
+    _feed(h, {k: v for k, v in state.items() if k != "digest"})
+    return h.hexdigest()
+
+
+def _check_state(state: Any, path: Path) -> dict[str, Any]:
+    """Raise CorruptCheckpointError naming `path` unless `state` is a well-formed training state."""
+    def bad(what: str) -> CorruptCheckpointError:
+        return CorruptCheckpointError(f"corrupt checkpoint: {path} {what}")
+
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise bad("is not an argen training state")
+    version = state.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= STATE_VERSION:
+        raise bad(f"has format_version {version!r}, expected 1 to {STATE_VERSION}")
+    kinds: list[tuple[str, tuple[type, ...]]] = [
+        ("step", (int,)), ("model_name", (str, type(None))), ("model_config", (dict,)), ("train_config", (dict,)),
+        ("model", (dict,)), ("ema", (dict, type(None))), ("optimizer", (dict,)), ("rng", (list, type(None))),
+        ("world_size", (int,)), ("metrics", (dict, type(None))),
+    ]
+    if version >= 2:
+        kinds += [("digest", (str,)), ("extra", (dict,)), ("finished", (bool,))]
+    for key, types in kinds:
+        if key not in state:
+            raise bad(f"lacks {key!r}")
+        if not isinstance(state[key], types) or (isinstance(state[key], bool) and bool not in types):
+            raise bad(f"has {key} of type {type(state[key]).__name__}, expected {' or '.join(t.__name__ for t in types)}")
+    if state["step"] < 0:
+        raise bad(f"has step {state['step']}, expected >= 0")
+    if not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise bad("holds model weights that are not tensors")
+    if version >= 2 and state_digest(state) != state["digest"]:
+        raise bad("fails its SHA-256 check (the file was changed or damaged after it was written)")
+    return state
+
+
+@dataclasses.dataclass
+class ResumePoint:
+    """A verified training state and what resuming from it involves.
+
+    `export_needed`: the weights files and config.json do not (all) belong to this state, because
+    a save was interrupted after train_state.pt; the trainer rewrites them from the state.
+    `note`: one line for the user saying so (None when the set was complete). `stored`: the
+    run's config.json description when there is a well-formed one.
+    """
+
+    state: dict[str, Any]
+    path: Path
+    export_needed: bool = False
+    note: str | None = None
+    stored: dict[str, Any] | None = None
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    def description(self) -> dict[str, Any]:
+        """What the run is: model name and config, train settings, dataset (from the state itself)."""
+        extra = dict(self.state.get("extra") or {})
+        if "extra" not in self.state and self.stored:  # a version 1 state: the dataset is in config.json
+            extra = {k: self.stored[k] for k in ("data", "data_root") if k in self.stored}
+        return {"model": self.state["model_name"], "config": dict(self.state["model_config"]),
+                "train": dict(self.state["train_config"]), "step": self.step,
+                "finished": bool(self.state.get("finished", False)), **extra}
+
+
+def read_state_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and verify one train_state.pt (format, types and, from version 2, its digest)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"nothing to resume: no {path.name} in {str(path.parent)!r}") from None
+    return _parse_state(data, path)
+
+
+def _parse_state(data: bytes, path: Path) -> dict[str, Any]:
+    if not data:
+        raise CorruptCheckpointError(f"corrupt checkpoint: {path} is empty")
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - truncated zip, bad pickle, ...: all mean a damaged file
+        raise CorruptCheckpointError(
+            f"corrupt checkpoint: cannot read {path} ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+    return _check_state(state, path)
+
+
+def read_train_state(run_dir: str | os.PathLike[str]) -> ResumePoint:
+    """The training state of `run_dir` and whether the rest of its checkpoint set belongs to it.
+
+    Raises FileNotFoundError when there is no train_state.pt and CorruptCheckpointError when it,
+    or config.json, is damaged or malformed. Read-only: safe on every rank at once.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / STATE_FILE
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"nothing to resume: no {STATE_FILE} in {str(run_dir)!r}") from None
+    state = _parse_state(data, path)
+    problem = None
+    try:
+        desc = ckpt.read_description(run_dir)
+    except FileNotFoundError:
+        desc, problem = None, f"{CONFIG_FILE} is missing"
+    if desc is not None:
+        files = desc.get(ckpt.FILES_KEY)
+        if files is None:
+            if state["format_version"] >= 2:
+                problem = f"{CONFIG_FILE} records no checksums"
+        elif files.get(STATE_FILE) != ckpt.file_record(data):
+            problem = f"{CONFIG_FILE} belongs to the save of step {desc.get('step')}"
+        else:
+            for name in sorted(files):
+                if name == STATE_FILE:
+                    continue
+                try:
+                    ckpt.read_verified(run_dir, name, desc)
+                except (FileNotFoundError, CorruptCheckpointError):
+                    problem = f"{name} does not match {CONFIG_FILE}"
+                    break
+    note = None
+    if problem is not None:
+        note = (f"the checkpoint of step {state['step']} in {run_dir} was not completely written ({problem}; "
+                f"an interrupted save?): resuming from {STATE_FILE} and rewriting the weights and {CONFIG_FILE}")
+    return ResumePoint(state=state, path=path, export_needed=problem is not None, note=note, stored=desc)
 
 
 def clear_run_dir(run_dir: str | os.PathLike[str]) -> None:
@@ -71,6 +242,7 @@ def clear_run_dir(run_dir: str | os.PathLike[str]) -> None:
     run_dir = Path(run_dir)
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
+    ckpt.remove_stale_temporaries(run_dir, RUN_FILES)
     for name in (SAMPLES_DIR, TENSORBOARD_DIR):
         if (run_dir / name).is_dir():
             shutil.rmtree(run_dir / name)
@@ -117,13 +289,16 @@ class Trainer:
     """Train `model` on `train_data` (a Dataset of (x, y) pairs) as `config` says.
 
     `run_dir` receives checkpoints and logs (None: train in memory only). With `resume=True` the
-    trainer continues from `run_dir/train_state.pt`. `extra` is stored in `config.json` next to
+    trainer continues from `run_dir/train_state.pt` (or pass the `ResumePoint` that
+    `read_train_state` returned, to read it only once); `resume_note` then says whether the last
+    save had been interrupted and was completed, and `finished` whether the run had already ended
+    (its `fit` is then a no-op). `extra` is stored in `config.json` and `train_state.pt` next to
     the model description (the CLI records the dataset name there).
     """
 
     def __init__(self, model: nn.Module, train_data: Dataset, config: TrainConfig | None = None, *,
                  run_dir: str | os.PathLike[str] | None = None, eval_data: Dataset | None = None,
-                 device: str | torch.device | None = "auto", resume: bool = False,
+                 device: str | torch.device | None = "auto", resume: bool | ResumePoint = False,
                  extra: dict[str, Any] | None = None) -> None:
         self.config = config = config or TrainConfig()
         config.validate()
@@ -149,6 +324,8 @@ class Trainer:
         self.metrics: dict[str, Any] = {}
         self._last_saved_step: int | None = None
         self._in_update = False
+        self._finished = False  # set once fit() has evaluated and saved at the end
+        self.resume_note: str | None = None
 
         self.sampler = ResumableSampler(len(train_data), config.batch_size, self.dist.rank, self.dist.world_size,
                                         seed=config.seed)
@@ -160,17 +337,28 @@ class Trainer:
             num_workers=config.num_workers, pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(config.seed),
         )
-        if resume:
-            if self.run_dir is None or not has_checkpoint(self.run_dir):
-                raise FileNotFoundError(f"nothing to resume: no {STATE_FILE} in {str(self.run_dir)!r}")
-            self.load_state(self.run_dir / STATE_FILE)
         self._writer: Any = None
         self._writer_ready = False
+        if resume:
+            if self.run_dir is None:
+                raise ValueError("resume needs a run_dir")
+            if self.is_main:
+                ckpt.remove_stale_temporaries(self.run_dir, CHECKPOINT_FILES)
+            point = resume if isinstance(resume, ResumePoint) else read_train_state(self.run_dir)
+            self.load_state(point)
+            if point.export_needed:
+                self.save_checkpoint()  # complete the interrupted save from the state just read
+            self.resume_note = point.note
 
     # ----- properties ----------------------------------------------------------------------
     @property
     def is_main(self) -> bool:
         return self.dist.is_main
+
+    @property
+    def finished(self) -> bool:
+        """True when the run has reached `config.steps` and completed its end-of-training work."""
+        return self._finished and self.step >= self.config.steps
 
     @property
     def eval_model(self) -> nn.Module:
@@ -219,6 +407,9 @@ class Trainer:
         KeyboardInterrupt.
         """
         cfg = self.config
+        if self.finished:  # a resumed run that had ended: evaluating again would log a duplicate
+            return dict(self.metrics, step=self.step)
+        self._finished = False
         if self.is_main and self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         bar = tqdm(total=cfg.steps, initial=min(self.step, cfg.steps), desc="train", unit="step",
@@ -266,12 +457,13 @@ class Trainer:
             raise
         finally:
             bar.close()
-        if self.run_dir is not None and self._last_saved_step != self.step:
-            self.save_checkpoint()  # before the final eval, so an interrupt there loses nothing
         if self.eval_data is not None:
+            if self.run_dir is not None and self._last_saved_step != self.step:
+                self.save_checkpoint()  # before the final eval, so an interrupt there loses nothing
             self.evaluate_and_log()
-            if self.run_dir is not None:
-                self.save_checkpoint()  # again, now with the test metrics in config.json
+        self._finished = True
+        if self.run_dir is not None:
+            self.save_checkpoint()  # with the test metrics in config.json, marked finished
         if cfg.sample_every is not None and self.run_dir is not None:
             self.sample_grid()
         self._close_writer()
@@ -406,19 +598,27 @@ class Trainer:
 
     # ----- checkpoints ---------------------------------------------------------------------
     def save_checkpoint(self, gather_rng: bool = True) -> None:
-        """Write train_state.pt (everything to resume), then the safetensors checkpoint.
+        """Write train_state.pt (everything to resume), the safetensors weights, then config.json.
 
-        The resume file holds its own copy of the weights, so a kill between the two writes never
-        pairs weights of one step with optimizer moments of another. `gather_rng=False` skips the
+        The resume file holds its own copy of the weights and a digest of itself, and config.json
+        (written last) records the checksum of every file, so a kill between the writes never
+        pairs weights of one step with optimizer moments of another (see `read_train_state`).
+        Non-finite weights are refused before anything is written. `gather_rng=False` skips the
         collective (used on interrupt, when other ranks may be gone): ranks other than 0 then
         reseed deterministically on resume.
         """
         rng = _rng_state(self.device)
         rngs = D.all_gather_object(rng) if gather_rng else [rng] + [None] * (self.dist.world_size - 1)
         if self.is_main and self.run_dir is not None:
+            # never replace a good checkpoint with diverged weights
+            ckpt.check_finite(self.model, "model")
+            if self.ema is not None:
+                ckpt.check_finite(self.ema.module, "EMA model")
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.remove_stale_temporaries(self.run_dir, CHECKPOINT_FILES)
             state = {
                 "format": STATE_FORMAT,
-                "format_version": 1,
+                "format_version": STATE_VERSION,
                 "step": self.step,
                 "model_name": getattr(self.model, "model_name", None),
                 "model_config": self.model.config.to_dict(),
@@ -429,45 +629,59 @@ class Trainer:
                 "rng": rngs,
                 "world_size": self.dist.world_size,
                 "metrics": dict(self.metrics),
+                "extra": dict(self.extra),
+                "finished": self._finished,
             }
+            state["digest"] = state_digest(state)
             buffer = io.BytesIO()
             torch.save(state, buffer)
-            atomic_write_bytes(self.run_dir / STATE_FILE, buffer.getvalue())
+            # the order is the protocol ("the checkpoint set on disk" above): state, weights, config.json
+            record = ckpt.atomic_write_bytes(self.run_dir / STATE_FILE, buffer.getvalue())
             save(self.model, self.run_dir, step=self.step, ema=self.ema.module if self.ema is not None else None,
-                 train=self.config.to_dict(), metrics=dict(self.metrics), **self.extra)
+                 files={STATE_FILE: record}, train=self.config.to_dict(), metrics=dict(self.metrics), **self.extra)
         self._last_saved_step = self.step
 
-    def load_state(self, path: str | os.PathLike[str]) -> None:
-        """Restore weights, EMA, optimizer, step and RNG from a train_state.pt."""
-        path = Path(path)
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise
-        except Exception as e:
-            raise ValueError(f"corrupt checkpoint: cannot read {path} ({type(e).__name__}: {e})") from None
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise ValueError(f"corrupt checkpoint: {path} is not an argen training state")
+    def load_state(self, source: str | os.PathLike[str] | ResumePoint) -> None:
+        """Restore weights, EMA, optimizer, step and RNG from a train_state.pt (or a ResumePoint).
+
+        A damaged or malformed file raises CorruptCheckpointError (a ValueError).
+        """
+        if isinstance(source, ResumePoint):
+            state, path = source.state, source.path
+        else:
+            path = Path(source)
+            state = read_state_file(path)
         name = getattr(self.model, "model_name", None)
         if state["model_name"] != name or state["model_config"] != self.model.config.to_dict():
             raise ValueError(
                 f"cannot resume: {path} holds model {state['model_name']!r} with config {state['model_config']}, "
                 f"given model {name!r} with config {self.model.config.to_dict()}"
             )
-        self.model.load_state_dict(state["model"])
-        if self.ema is not None:
-            if state["ema"] is not None:
-                self.ema.load_state_dict(state["ema"])
-            else:  # EMA switched on at resume: start the average from the current weights
-                self.ema = EMA(self.model, self.config.ema_decay, self.config.ema_warmup)
-        self.optimizer.load_state_dict(state["optimizer"])
+        part = "model weights"
+        try:
+            self.model.load_state_dict(state["model"])
+            if self.ema is not None:
+                part = "EMA weights"
+                if state["ema"] is not None:
+                    self.ema.load_state_dict(state["ema"])
+                else:  # EMA switched on at resume: start the average from the current weights
+                    self.ema = EMA(self.model, self.config.ema_decay, self.config.ema_warmup)
+            part = "optimizer state"
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as e:
+            raise CorruptCheckpointError(f"corrupt checkpoint: {path} holds {part} that do not fit the model "
+                                         f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+        self._finished = bool(state.get("finished", False))
         self.step = int(state["step"])
         self.metrics = dict(state.get("metrics") or {})
         self._last_saved_step = self.step
         rngs = state.get("rng") or []
         mine = rngs[self.dist.rank] if state.get("world_size") == self.dist.world_size and self.dist.rank < len(rngs) else None
         if mine is not None:
-            _set_rng_state(mine, self.device)
+            try:
+                _set_rng_state(mine, self.device)
+            except (KeyError, TypeError, RuntimeError) as e:
+                raise CorruptCheckpointError(f"corrupt checkpoint: {path} holds a malformed RNG state ({e})") from None
         else:
             if self.dist.is_main:
                 warnings.warn("the saved RNG state does not cover this process; reseeding (resume is not bit-exact)")
@@ -483,10 +697,12 @@ class Trainer:
         kept = []
         for line in path.read_text().splitlines():
             try:
-                if json.loads(line).get("step", 0) <= step:
-                    kept.append(line)
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by the kill
+            if isinstance(record, dict) and isinstance(record.get("step", 0), (int, float)) \
+                    and record.get("step", 0) <= step:
+                kept.append(line)
         atomic_write_bytes(path, ("\n".join(kept) + "\n" if kept else "").encode())
 
 
