@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import io
 import math
 import time
 
@@ -33,7 +32,8 @@ def main() -> None:
     p.add_argument("--data", default=None, help="data set (default: the one the run recorded, else mnist)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print("| model | images | NLL bits/dim | .argz bits/dim | payload vs NLL | header bytes | PNG bits/dim | gzip bits/dim (per image / whole set) | encode img/s | decode img/s | path |")
+    print("| model | images | NLL bits/dim | .argz bits/dim | payload vs NLL | header bytes | PNG bits/dim "
+          "| gzip bits/dim (per image / whole set) | encode img/s | decode img/s | path |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for run in args.runs:
         model = argen.load(run).eval()

@@ -330,7 +330,7 @@ def test_upscale_generates_most_significant_bits_first():
     out = model.sample(3, generator=torch.Generator().manual_seed(4))
     stage_seq = [int(s[0]) for _, _, s in rec.calls]
     assert stage_seq == [0] * 9 + [1] * 9
-    for x, _, s in rec.calls[:9]:  # during stage 0 no low bits exist anywhere
+    for x, _, _s in rec.calls[:9]:  # during stage 0 no low bits exist anywhere
         assert int((x & 3).max()) == 0
     coarse = rec.calls[9][0]  # the image as stage 1 starts: all top bits, fixed from here on
     assert torch.equal(coarse, out & ~3)

@@ -71,7 +71,7 @@ def test_local2d_mask_matches_its_definition(h, w, c, block, memory):
     assert not dense.triu(1).any(), "a query sees a later position"
     (bh, bw), (mh, mw) = block, memory
     pos = [(i, j, ch) for (i, j) in pattern.order for ch in range(c)]
-    for q, (i, j, ch) in enumerate(pos):
+    for q, (i, j, _ch) in enumerate(pos):
         r0, c0 = i // bh * bh, j // bw * bw
         expected = {k for k, (a, b, _) in enumerate(pos[: q + 1]) if r0 - mh <= a < r0 + bh and c0 - mw <= b < c0 + bw + mw}
         assert set(torch.nonzero(dense[q]).flatten().tolist()) == expected, f"query {pos[q]}"

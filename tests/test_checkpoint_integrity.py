@@ -214,3 +214,11 @@ def test_stale_temporaries_are_removed_on_save(run):
     ckpt.save(_model(), run, step=5)
     assert not any(p.exists() for p in stale)
     assert all(p.exists() for p in keep)  # only temporaries of checkpoint files are ours to delete
+
+
+def test_fid_on_a_corrupt_run_exits_3(run, capsys, tmp_path):
+    _flip(run / "ema.safetensors")
+    code = main(["fid", str(run), "--features", "mnist", "--n", "2", "--device", "cpu", "--no-progress",
+                 "--cache-dir", str(tmp_path / "stats")])
+    err = capsys.readouterr().err
+    assert code == 3 and "corrupt checkpoint" in err

@@ -12,10 +12,19 @@ import pytest
 import torch
 
 from argen.metrics import frechet as fr
-from argen.metrics.features import (INCEPTION_RANGE, InceptionFeatures, MnistFeatures, file_extractor,
-                                    find_fid_helper_weights, inception_extractor, load_torchscript, mnist_extractor,
-                                    split_output,
-                                    tf_bilinear_resize, to_rgb)
+from argen.metrics.features import (
+    INCEPTION_RANGE,
+    InceptionFeatures,
+    MnistFeatures,
+    file_extractor,
+    find_fid_helper_weights,
+    inception_extractor,
+    load_torchscript,
+    mnist_extractor,
+    split_output,
+    tf_bilinear_resize,
+    to_rgb,
+)
 from argen.metrics.i3d import MIN_FRAMES, I3DFeatures, InceptionI3d, Unit3D, load_i3d, same_padding
 from argen.metrics.inception import InceptionV3, inception_from_state_dict, state_dict_from_fid_helper
 from argen.metrics.mnist_net import ASSET_PATH, MnistClassifier

@@ -7,8 +7,15 @@ import pytest
 import torch
 
 from argen.orders import (
-    NUM_VARIANTS, _gilbert, get_order, list_orders, order_for_known, order_ranks, order_visiting_first,
-    parse_order_name, resolve_order,
+    NUM_VARIANTS,
+    _gilbert,
+    get_order,
+    list_orders,
+    order_for_known,
+    order_ranks,
+    order_visiting_first,
+    parse_order_name,
+    resolve_order,
 )
 
 SIZES = [(1, 1), (1, 7), (7, 1), (2, 2), (2, 3), (3, 2), (4, 5), (5, 4), (5, 6), (6, 7), (7, 7), (8, 8), (3, 10), (9, 4)]

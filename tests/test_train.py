@@ -243,7 +243,7 @@ def test_labels_only_for_conditional_models():
     for classes in (None, 3):
         model, seen = tiny_model(num_classes=classes), []
         inner = model.loss
-        model.loss = lambda x, cond=None: (seen.append(cond), inner(x, cond))[1]
+        model.loss = lambda x, cond=None, seen=seen, inner=inner: (seen.append(cond), inner(x, cond))[1]
         Trainer(model, TinyData(num_classes=3), quiet(steps=2, ema_decay=None), device="cpu").fit()
         if classes is None:
             assert seen == [None, None]

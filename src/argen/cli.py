@@ -11,8 +11,8 @@ Exit codes: 0 ok, 2 bad usage or input (ValueError), 3 missing or corrupt file o
 from __future__ import annotations
 
 import argparse
-import json
 import importlib
+import json
 import math
 import os
 import sys
@@ -227,8 +227,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from argen.checkpoint import CONFIG_FILE, EMA_FILE, WEIGHTS_FILE, CorruptCheckpointError
     from argen.data import load_dataset
     from argen.registry import get_entry
-    from argen.train import TrainConfig, Trainer, clear_run_dir, has_checkpoint, load_config_file, merge_configs, \
-        parse_overrides
+    from argen.train import TrainConfig, Trainer, clear_run_dir, has_checkpoint, load_config_file, merge_configs, parse_overrides
     from argen.train import distributed as D
     from argen.train.config import coerce_fields
     from argen.train.trainer import RUN_FILES, SAMPLES_DIR, TENSORBOARD_DIR, read_train_state
@@ -410,7 +409,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     exact = bool(model.exact_likelihood)
     record = {"data": args.data or desc.get("data"), "split": args.split, "bpd": result["bpd"],
               "nats": result["nats"], "n": result["n"], "exact": exact, "step": desc.get("step"),
-              "weights": "ema" if (Path(args.run) / "ema.safetensors").is_file() else "model",
+              "weights": "ema" if _weights_file(args.run) == "ema.safetensors" else "model",
               "orders": [f"{name}:{variant}" for name, variant in orders] if orders else None}
     kind = "exact likelihood" if exact else "upper bound: this model's likelihood is a bound"
     print(f"{record['data']} {args.split}: {result['bpd']:.4f} bits/dim, {result['nats']:.2f} nats/example "
@@ -598,8 +597,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with the one-line error format of the rest of the CLI (exit 2 = usage)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"argen: error: {message}\n")
+        self.exit(EXIT_USAGE, f"argen: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -620,6 +618,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _weights_file(run: str) -> str:
+    from argen.checkpoint import weights_file
+
+    return weights_file(run, run_description(run))
+
+
 def _fail(code: int, message: str) -> int:
     print(f"argen: error: {message}", file=sys.stderr, flush=True)
     return code
@@ -632,13 +636,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, usage errors
         return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+    from argen.checkpoint import CorruptCheckpointError  # a ValueError, but a file problem: exit 3
+
     try:
         return int(args.func(args) or 0)
     except Interrupted as e:
         return _fail(EXIT_INTERRUPT, str(e)) if not args.debug else _reraise(EXIT_INTERRUPT)
     except KeyboardInterrupt:
         return _fail(EXIT_INTERRUPT, "interrupted") if not args.debug else _reraise(EXIT_INTERRUPT)
-    except (FileNotFoundError, CheckpointError, IsADirectoryError, PermissionError) as e:
+    except (FileNotFoundError, CheckpointError, CorruptCheckpointError, IsADirectoryError, PermissionError) as e:
         return _reraise(EXIT_FILE) if args.debug else _fail(EXIT_FILE, _message(e))
     except (ValueError, ImportError) as e:  # bad input, or an optional dependency that is absent
         return _reraise(EXIT_USAGE) if args.debug else _fail(EXIT_USAGE, _message(e))

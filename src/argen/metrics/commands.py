@@ -69,7 +69,7 @@ def register(subparsers: Any) -> None:
                     "fast and offline, whose numbers are NOT comparable to Inception FID.")
     p.add_argument("run", help="a run directory, or a .npy/.npz file of integer samples (N, C, H, W) or (N, H, W)")
     p.add_argument("--features", default="inception", help="inception | mnist | FILE (TorchScript or state dict)")
-    p.add_argument("--metrics", type=_metrics, default=["fid"], help="comma list of fid, kid, pr, is (default: fid)")
+    p.add_argument("--metrics", type=_metrics, default=["fid"], help="comma list of fid, kid, pr, is, conf (default: fid)")
     p.add_argument("--is-network", default=None, metavar="SPEC",
                    help="network with class logits for the Inception Score, if the features network has none "
                         "(inception | mnist | FILE)")
@@ -98,7 +98,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that make `argen eval` also measure sample quality."""
     g = parser.add_argument_group("sample quality (off unless --sample-metrics is given)")
     g.add_argument("--sample-metrics", type=_metrics, default=None, metavar="LIST",
-                   help="also sample the model and compute these: comma list of fid, kid, pr, is")
+                   help="also sample the model and compute these: comma list of fid, kid, pr, is, conf")
     g.add_argument("--sample-n", type=int_arg(ge=1), default=1000, help="samples for the sample metrics (default: 1000)")
     g.add_argument("--sample-features", default="mnist",
                    help="feature network: inception | mnist | FILE (default: mnist, argen's MNIST classifier; "

@@ -2,10 +2,11 @@
 
 A masked convolution (PixelCNN) applies one mask everywhere, which fixes the raster order. LMConv
 gives every output location its own mask over the k*k taps, so any generation order works: the
-input's k*k taps are gathered (shifted views of the padded input, i.e. im2col), each location's taps are multiplied by that location's mask, and the
-result is contracted with the weights. A tap is kept when its pixel comes earlier in the order
-than the output location; the first layer excludes the centre tap (the pixel being predicted),
-later layers include it (their centre features depend only on earlier pixels already).
+input's k*k taps are gathered (shifted views of the padded input, i.e. im2col), each location's
+taps are multiplied by that location's mask, and the result is contracted with the weights. A tap
+is kept when its pixel comes earlier in the order than the output location; the first layer
+excludes the centre tap (the pixel being predicted), later layers include it (their centre
+features depend only on earlier pixels already).
 
 Masks are built from the order's ranks (the step at which each pixel is visited). Ranks may
 differ per batch element, (B, H, W), so completion can use one order per example; masks then

@@ -1,7 +1,6 @@
 """Small helpers every model needs."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 

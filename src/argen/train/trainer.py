@@ -482,7 +482,7 @@ class Trainer:
         try:
             self.save_checkpoint(gather_rng=False)
         except Exception as e:  # the interrupt is the news; a failed save must not hide it
-            warnings.warn(f"could not save a checkpoint on interrupt: {e}")
+            warnings.warn(f"could not save a checkpoint on interrupt: {e}", stacklevel=2)
 
     def _periodic(self) -> None:
         cfg, s = self.config, self.step
@@ -684,7 +684,7 @@ class Trainer:
                 raise CorruptCheckpointError(f"corrupt checkpoint: {path} holds a malformed RNG state ({e})") from None
         else:
             if self.dist.is_main:
-                warnings.warn("the saved RNG state does not cover this process; reseeding (resume is not bit-exact)")
+                warnings.warn("the saved RNG state does not cover this process; reseeding (resume is not bit-exact)", stacklevel=2)
             torch.manual_seed(self.config.seed + 1000003 * self.step + self.dist.rank)
         if self.is_main and self.run_dir is not None:
             self._truncate_metrics(self.step)

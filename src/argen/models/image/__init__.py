@@ -1,9 +1,11 @@
 """Pixel-space image models, one file per family."""
-from argen.models.image import pixelcnn  # noqa: F401
-from argen.models.image import pixelrnn  # noqa: F401
-from argen.models.image import image_transformer  # noqa: F401
-from argen.models.image import gated_pixelcnn  # noqa: F401
-from argen.models.image import pixelcnn_pp  # noqa: F401
-from argen.models.image import lmconv  # noqa: F401
-from argen.models.image import ardm  # noqa: F401
-from argen.models.image import pixelsnail  # noqa: F401
+from argen.models.image import (
+    ardm,  # noqa: F401
+    gated_pixelcnn,  # noqa: F401
+    image_transformer,  # noqa: F401
+    lmconv,  # noqa: F401
+    pixelcnn,  # noqa: F401
+    pixelcnn_pp,  # noqa: F401
+    pixelrnn,  # noqa: F401
+    pixelsnail,  # noqa: F401
+)

@@ -29,8 +29,8 @@ each filled pixel conditions on known pixels in every direction, not only those 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -43,7 +43,14 @@ from argen.nn import scale_input
 from argen.nn.locally_masked import LocallyMaskedConv2d, OrderMasks
 from argen.nn.shifted import GatedResidualBlock, concat_elu
 from argen.orders import (
-    NUM_VARIANTS, OrderSpec, get_order, list_orders, order_for_known, order_ranks, parse_order_name, resolve_order,
+    NUM_VARIANTS,
+    OrderSpec,
+    get_order,
+    list_orders,
+    order_for_known,
+    order_ranks,
+    parse_order_name,
+    resolve_order,
 )
 from argen.registry import register_model
 from argen.sampling.cached import CachedStepper
