@@ -19,8 +19,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
-import threading
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -29,6 +27,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import nn
+
+from argen.fileio import atomic_write
 
 FORMAT = "argen-checkpoint"
 FORMAT_VERSION = 1
@@ -49,43 +49,9 @@ class CorruptCheckpointError(ValueError):
 
 
 # ----- writing files ------------------------------------------------------------------------------
-_umask_lock = threading.Lock()
-
-
-def _umask() -> int:
-    try:  # Linux reports it without changing it (os.umask can only be read by setting it)
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    with _umask_lock:
-        mask = os.umask(0o022)
-        os.umask(mask)
-    return mask
-
-
-def _file_mode() -> int:
-    """The permissions `open()` would give a new file under the current umask (0o666 & ~umask)."""
-    return 0o666 & ~_umask()
-
-
 def _replace(src: str, dst: Path) -> None:
     """Rename a finished temporary file into place (the one commit point of every write)."""
     os.replace(src, dst)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot sync a directory; the rename is still atomic
-    finally:
-        os.close(fd)
 
 
 def file_record(data: bytes) -> dict[str, Any]:
@@ -96,23 +62,9 @@ def file_record(data: bytes) -> dict[str, Any]:
 def atomic_write_bytes(path: Path, data: bytes) -> dict[str, Any]:
     """Write `data` to `path` so that readers see either the old file or the whole new one.
 
-    The file gets the permissions the umask gives (not mkstemp's 0o600). Returns `file_record`.
+    Returns `file_record`. The rename goes through `_replace` (tests replace it to kill a save midway).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), _file_mode())
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        _replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    atomic_write(path, data, replace=lambda src, dst: _replace(src, dst))
     return file_record(data)
 
 

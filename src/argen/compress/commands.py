@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from argen.compress.codec import DEFAULT_SUFFIX, LOSSLESS_SUFFIXES, restored_name
+from argen.fileio import atomic_write, file_mode
 
 
 def _kind(suffix: str) -> str:
@@ -91,13 +92,6 @@ def write_pixels(path: Path, arr: np.ndarray) -> None:
         write_image(path, np.moveaxis(arr, 0, -1) if arr.shape[0] == 3 else arr[0])
 
 
-def _file_mode(bits: int = 0o666) -> int:
-    """`bits` less the umask: the mode a plain `open` would give (temporary files are created 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return bits & ~umask
-
-
 def _check_new_file(out: Path, overwrite: bool) -> None:
     if out.is_dir():
         raise ValueError(f"-o {out} is a directory, expected the path of the .argz file to write")
@@ -107,30 +101,8 @@ def _check_new_file(out: Path, overwrite: bool) -> None:
 
 def write_file_atomic(out: Path, data: bytes, overwrite: bool) -> None:
     """Write `data` to `out` via a temporary file and a rename; refuse an existing `out` unless `overwrite`."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".partial")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _file_mode())
-        if overwrite:
-            os.replace(tmp, out)
-            return
-        try:
-            os.link(tmp, out)  # atomic "create unless it exists"
-        except FileExistsError:
-            raise ValueError(f"{out} already exists; pass --overwrite to replace it") from None
-        except OSError:  # a file system without hard links
-            _check_new_file(out, overwrite)
-            os.replace(tmp, out)
-            return
-        tmp.unlink()
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    _check_new_file(out, overwrite=True)  # a directory is never replaced
+    atomic_write(out, data, suffix=".partial", exclusive=not overwrite)
 
 
 def restore_images(out: Path, files: list[tuple[str, np.ndarray]], overwrite: bool) -> None:
@@ -151,9 +123,9 @@ def restore_images(out: Path, files: list[tuple[str, np.ndarray]], overwrite: bo
             if target.exists():  # e.g. names that differ only in case on a case-insensitive file system
                 raise ValueError(f"image names collide on this file system: {name!r}")
             write_pixels(target, im)
-            os.chmod(target, _file_mode())
+            os.chmod(target, file_mode())
         if not existed:
-            os.chmod(tmp, _file_mode(0o777))
+            os.chmod(tmp, file_mode(0o777))
             os.rename(tmp, out)
             return
         for name, _ in files:

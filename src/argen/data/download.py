@@ -8,16 +8,16 @@ a mirror can be swapped in (and tests point them at local file:// URLs).
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from argen.data.paths import data_home
 from argen.data.readers import CIFAR10_ARCHIVE, CIFAR10_BATCHES, CIFAR10_FOLDER
+from argen.fileio import atomic_write
 
 # Tried in order; a network error moves on to the next mirror, a checksum mismatch stops.
 MNIST_MIRRORS = [
@@ -70,24 +70,18 @@ def download_url(url: str, path: str | Path, *, md5: str | None = None, sha256: 
     path = Path(path)
     if path.is_file() and file_digest(path, algorithm) == want:
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
+
+    def fetch(tmp: Path) -> None:
         h = hashlib.new(algorithm)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             for block in iter(lambda: resp.read(_CHUNK), b""):
                 h.update(block)
                 out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
         got = h.hexdigest()
-        if got != want:
+        if got != want:  # raised before the rename: `path` is never a wrong file
             raise ValueError(f"checksum mismatch for {url}: {algorithm} expected {want}, given {got}")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, fetch, suffix=".part")
 
 
 def _fetch(name: str, checksum: str, mirrors: list[str], dest: Path) -> Path:
@@ -132,15 +126,13 @@ def extract_cifar10(archive: str | Path, dest: str | Path) -> Path:
             src = tar.extractfile(member) if member.isfile() else None
             if src is None:
                 raise ValueError(f"{archive}: {member.name} is not a regular file")
-            fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.", suffix=".part")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    shutil.copyfileobj(src, f)
-                os.replace(tmp, out / name)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            atomic_write(out / name, lambda tmp, src=src: _copy_to(src, tmp), suffix=".part")
     return out
+
+
+def _copy_to(src: Any, path: Path) -> None:
+    with open(path, "wb") as f:
+        shutil.copyfileobj(src, f)
 
 
 def download_cifar10(root: str | Path | None = None, *, extract: bool = True) -> Path:

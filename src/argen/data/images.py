@@ -7,13 +7,13 @@ rename) so an interrupted run never leaves a truncated PNG.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 from torch import Tensor
+
+from argen.fileio import atomic_write
 
 
 def read_image(path: str | Path) -> np.ndarray:
@@ -57,15 +57,7 @@ def write_image(path: str | Path, array: np.ndarray) -> None:
         raise ValueError(f"write_image needs shape (H, W), (H, W, 1) or (H, W, 3), given {a.shape}")
     if not path.suffix:
         raise ValueError(f"write_image needs a file suffix that names the format (e.g. .png), given {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        iio.imwrite(tmp, a, extension=path.suffix)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, a, extension=path.suffix), suffix=path.suffix)
 
 
 def to_uint8(x: Tensor | np.ndarray, levels: int) -> np.ndarray:

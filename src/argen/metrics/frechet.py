@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from argen.fileio import atomic_write
+
 ArrayLike = Tensor | np.ndarray
 
 
@@ -103,14 +105,8 @@ class GaussianStats:
         tensors = {"mean": self.mean.contiguous(), "cov": self.cov.contiguous(), "n": torch.tensor([self.n])}
         if self.features is not None:
             tensors["features"] = self.features.float().contiguous()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        try:
-            save_file(tensors, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
-            os.replace(tmp, path)  # same directory: readers see the old file or the whole new one
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        meta = {k: str(v) for k, v in (metadata or {}).items()}
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta), suffix=".partial")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "GaussianStats":
