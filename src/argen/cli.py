@@ -606,6 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="argen", description="Autoregressive image and video generation.")
     parser.add_argument("--version", action="version", version=f"argen {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--threads", default="auto", type=_threads_arg,
+                        help="CPU threads: a count, or auto (the idle cores; default)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for register in COMMANDS:
@@ -615,7 +617,14 @@ def build_parser() -> argparse.ArgumentParser:
     # --debug is also accepted after the subcommand
     for p in sub.choices.values():
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        p.add_argument("--threads", type=_threads_arg, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def _threads_arg(text: str) -> str:
+    if text != "auto" and not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"expected auto or a count >= 1, given {text!r}")
+    return text
 
 
 def _weights_file(run: str) -> str:
@@ -636,7 +645,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, usage errors
         return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+    import torch
+
     from argen.checkpoint import CorruptCheckpointError  # a ValueError, but a file problem: exit 3
+    from argen.device import choose_threads
+
+    torch.set_num_threads(choose_threads(args.threads))
 
     try:
         return int(args.func(args) or 0)

@@ -41,3 +41,29 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
             raise ValueError(f"expected a CUDA device index in [0, {count - 1}], given {index}")
         return torch.device("cuda", index)
     raise ValueError(f"expected a device among {DEVICE_CHOICES} (or 'cuda:N'), given {spec!r}")
+
+
+def choose_threads(spec: str | int | None = "auto") -> int:
+    """CPU threads for this process: an explicit count, or "auto".
+
+    "auto" uses the cores that are idle: the CPU count less the 1-minute load average (rounded),
+    shared among the torchrun processes of this machine, at least 1 and at most torch's default.
+    On an idle 2-core machine that is 2 (1.7x faster than 1 for the demo's model); on a machine
+    whose cores other jobs keep busy it is 1, because oversubscribed threads run several times
+    slower than one (measured on 2 cores: see the README's demo notes).
+    """
+    if spec is None or spec == "auto":
+        cores = os.cpu_count() or 1
+        try:
+            busy = int(os.getloadavg()[0] + 0.5)
+        except (OSError, AttributeError):
+            busy = 0
+        per_process = max(1, (cores - busy) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        return max(1, min(torch.get_num_threads(), per_process))
+    try:
+        n = int(spec)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected --threads auto or a count >= 1, given {spec!r}") from None
+    if n < 1 or isinstance(spec, bool):
+        raise ValueError(f"expected --threads auto or a count >= 1, given {spec!r}")
+    return n
