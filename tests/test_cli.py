@@ -218,7 +218,7 @@ def test_commands_are_pluggable():
 def test_eval_with_sample_metrics(run, tmp_path, capsys):
     """`argen eval --sample-metrics` samples the model and adds MNIST-feature FID to eval.json."""
     assert main(["eval", str(run), "--max-examples", "20", "--batch-size", "10", "--device", "cpu",
-                 "--sample-metrics", "fid", "--sample-n", "6", "--sample-features", "mnist",
+                 "--sample-metrics", "fid,conf", "--sample-n", "6", "--sample-features", "mnist",
                  "--stats-cache", str(tmp_path / "cli-cache")]) == 0
     out = capsys.readouterr().out
     record = json.loads((run / "eval.json").read_text())
@@ -230,11 +230,13 @@ def test_eval_with_sample_metrics(run, tmp_path, capsys):
     from argen.metrics.quality import sample_quality
 
     model, full, _ = _in_process_eval(run, 20, 10)
-    expect = sample_quality(model, full, metrics=["fid"], n=6, features=load_feature_extractor("mnist", "cpu"),
+    expect = sample_quality(model, full, metrics=["fid", "conf"], n=6, features=load_feature_extractor("mnist", "cpu"),
                             split="test", batch_size=10, seed=0, cache_dir=tmp_path / "api-cache", progress=False)
     assert metrics["n"] == 6 and metrics["reference_n"] == expect["reference_n"] == len(full)
-    assert f'"fid_mnist": {json.dumps(expect["fid_mnist"])}' in out  # printed as JSON, in full
+    assert f'fid_mnist: {expect["fid_mnist"]:.4g}' in out
+    assert f'confidence_mnist (mean top-class probability): {expect["confidence_mnist"]:.3f}' in out
     assert metrics["fid_mnist"] == pytest.approx(expect["fid_mnist"], rel=1e-9)
+    assert metrics["confidence_mnist"] == pytest.approx(expect["confidence_mnist"], rel=1e-9)
 
 
 def test_eval_lmconv_order_ensemble(tmp_path, capsys):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
 import os
 import sys
@@ -417,9 +416,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     quality = eval_sample_metrics(model, args, full, split=args.split, batch_size=args.batch_size, networks=networks)
     if quality is not None:
         record["sample_metrics"] = quality
-        print(json.dumps(quality, indent=2, default=str))
+        print(format_quality(quality))
     atomic_write_json(Path(args.run) / "eval.json", record)
     return EXIT_OK
+
+
+def format_quality(quality: dict[str, Any]) -> str:
+    """Sample metrics as readable lines (eval.json keeps every value)."""
+    lines = [f"sample quality of {quality.get('n')} samples vs {quality.get('reference_n', '?')} real ones "
+             f"({quality.get('features', '')})"]
+    for key, value in quality.items():
+        if key in ("n", "reference_n", "features", "is_network") or key.startswith("confident_share"):
+            continue
+        if key.startswith("class_shares") and isinstance(value, list):
+            lines.append(f"  {key}: " + " ".join(f"{c}:{100 * v:.0f}%" for c, v in enumerate(value)))
+        elif key.startswith("confidence_") and isinstance(value, float):
+            share = quality.get(key.replace("confidence_", "confident_share_"))
+            extra = f" ({100 * share:.1f}% of samples above 0.9)" if isinstance(share, float) else ""
+            lines.append(f"  {key} (mean top-class probability): {value:.3f}{extra}")
+        elif isinstance(value, float):
+            lines.append(f"  {key}: {value:.4g}")
+        else:
+            lines.append(f"  {key}: {value}")
+    return "\n".join(lines)
 
 
 # ----- sample -----------------------------------------------------------------------------------
