@@ -324,7 +324,8 @@ def _arg(kind: Callable[[str], Any], name: str, bounds: Bounds) -> Callable[[str
             raise argparse.ArgumentTypeError(
                 f"expected {'an integer' if kind is int else 'a number'} {bounds.describe()}, given {text!r}") from None
         if not bounds.ok(value):
-            raise argparse.ArgumentTypeError(f"expected {bounds.describe()}, given {text!r}")
+            what = "an integer" if kind is int else "a finite number"
+            raise argparse.ArgumentTypeError(f"expected {what} {bounds.describe()}, given {text!r}")
         return value
 
     parse.__name__ = name  # argparse names the type in its messages
