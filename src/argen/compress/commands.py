@@ -139,8 +139,8 @@ def restore_images(out: Path, files: list[tuple[str, np.ndarray]], overwrite: bo
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from argen.cli import EXIT_OK, _device, load_run, say
     from argen.compress.codec import check_names, compress_arrays
+    from argen.runs import EXIT_OK, device_arg, load_run, say
 
     paths = [Path(p) for p in args.images]
     names = [archive_name(p) for p in paths]
@@ -148,7 +148,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     out = Path(args.output)
     _check_new_file(out, args.overwrite)
     images = [read_pixels(p) for p in paths]  # input errors before the (slow) model load
-    model = load_run(args.run, _device(args.device))
+    model = load_run(args.run, device_arg(args.device))
     for p, im in zip(paths, images):
         if tuple(im.shape) != tuple(model.data_shape):
             raise ValueError(f"{p}: expected shape {tuple(model.data_shape)} (the model's), given {tuple(im.shape)}")
@@ -168,8 +168,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_decompress(args: argparse.Namespace) -> int:
-    from argen.cli import EXIT_OK, CheckpointError, _device, load_run, say
     from argen.compress.codec import CorruptFileError, decompress_arrays, read_container
+    from argen.runs import EXIT_OK, CheckpointError, device_arg, load_run, say
 
     src = Path(args.file)
     if not src.is_file():
@@ -191,7 +191,7 @@ def cmd_decompress(args: argparse.Namespace) -> int:
     run = args.run or f.header.get("run")
     if not run:
         raise ValueError("the file does not record its model; pass --run RUN")
-    model = load_run(run, _device(args.device))
+    model = load_run(run, device_arg(args.device))
     t0 = time.perf_counter()
     try:
         images, names = decompress_arrays(model, f, progress=True)
@@ -204,8 +204,8 @@ def cmd_decompress(args: argparse.Namespace) -> int:
 
 
 def register(sub: Any) -> None:
-    from argen.cli import _add_device
     from argen.fields import int_arg
+    from argen.runs import add_device_argument
 
     p = sub.add_parser(
         "compress", help="losslessly compress images with a trained model",
@@ -222,7 +222,7 @@ def register(sub: Any) -> None:
     p.add_argument("--path", choices=["parallel", "stepper"], default=None,
                    help="parallel: encode in one forward pass, decode with the naive sampler; stepper: encode and "
                         "decode through the model's cached sampler (default when it has one)")
-    _add_device(p)
+    add_device_argument(p)
     p.set_defaults(func=cmd_compress)
 
     p = sub.add_parser(
@@ -236,5 +236,5 @@ def register(sub: Any) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace files of the same names in an existing output "
                                                             "directory")
     p.add_argument("--run", default=None, help="model run directory (default: the one recorded in the file)")
-    _add_device(p)
+    add_device_argument(p)
     p.set_defaults(func=cmd_decompress)

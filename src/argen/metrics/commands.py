@@ -20,7 +20,9 @@ import torch
 from torch import Tensor
 
 from argen.fields import float_arg, int_arg
+from argen.fileio import atomic_write
 from argen.metrics.quality import METRICS
+from argen.runs import device_arg
 
 #: Seeds torch generators accept (unsigned 64-bit).
 SEED_MAX = 2**64 - 1
@@ -149,7 +151,7 @@ def eval_sample_metrics(model: Any, args: argparse.Namespace, data: Any, *, spli
     """Run the metrics `add_eval_arguments` asked for; None when --sample-metrics was not given.
 
     `networks` is what `prepare_eval_sample_metrics` returned (loaded here when not given). A
-    non-finite figure raises `argen.cli.CheckpointError` instead of being reported.
+    non-finite figure raises `argen.runs.CheckpointError` instead of being reported.
     """
     if not getattr(args, "sample_metrics", None):
         return None
@@ -164,10 +166,10 @@ def eval_sample_metrics(model: Any, args: argparse.Namespace, data: Any, *, spli
 
 
 def check_finite(result: dict[str, Any]) -> None:
-    """Raise `argen.cli.CheckpointError` (exit 3) if any metric value is NaN or infinite."""
+    """Raise `argen.runs.CheckpointError` (exit 3) if any metric value is NaN or infinite."""
     bad = {k: v for k, v in result.items() if isinstance(v, float) and not math.isfinite(v)}
     if bad:
-        from argen.cli import CheckpointError
+        from argen.runs import CheckpointError
 
         raise CheckpointError(
             "non-finite metric value(s) " + ", ".join(f"{k} = {v}" for k, v in bad.items())
@@ -284,14 +286,7 @@ def _report(result: dict[str, Any], args: argparse.Namespace, data: str) -> None
     if "is_network" in result:
         print(f"# IS network: {result['is_network']}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"data": data, "split": args.split, **result}, indent=2) + "\n")
-
-
-def _device(spec: str) -> torch.device:
-    from argen.device import resolve_device
-
-    return resolve_device(spec)
+        atomic_write(args.json, (json.dumps({"data": data, "split": args.split, **result}, indent=2) + "\n").encode())
 
 
 def fid_command(args: argparse.Namespace) -> int:
@@ -302,7 +297,7 @@ def fid_command(args: argparse.Namespace) -> int:
     if args.is_network is not None:
         check_feature_spec(args.is_network, "--is-network")
     check_output_file(args.json, "--json", make_parents=True)
-    device = _device(args.device)
+    device = device_arg(args.device)
     features = load_feature_extractor(args.features, device)
     is_net = load_feature_extractor(args.is_network, device) if args.is_network else None
     if any(m in LOGIT_METRICS for m in args.metrics):
@@ -325,7 +320,7 @@ def fvd_command(args: argparse.Namespace) -> int:
     if args.frames is not None and args.frames < MIN_FRAMES:
         raise ValueError(f"expected --frames >= {MIN_FRAMES} (I3D's minimum), given {args.frames}")
     check_output_file(args.json, "--json", make_parents=True)
-    device = _device(args.device)
+    device = device_arg(args.device)
     features = i3d_extractor(args.i3d, device)
     batches, levels, ds, n = _source(args, device, video=True)
     reference: Any = ds
@@ -351,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - CheckpointError (e.g. a non-finite result): exit 3 as in argen.cli
-        from argen.cli import CheckpointError
+        from argen.runs import CheckpointError
 
         if not isinstance(e, CheckpointError):
             raise

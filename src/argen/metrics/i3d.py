@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from argen.metrics.features import FeatureExtractor, file_sha256, load_state_dict_file, tf_bilinear_resize, to_rgb, to_unit
+from argen.metrics.features import FeatureExtractor, file_sha256, tf_bilinear_resize, to_rgb, to_unit
+from argen.metrics.weights import load_state_dict_file
 
 I3D_SIZE = 224
 #: Time steps the network reduces by 8 (stride-2 conv and two stride-2 pools); the final

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from argen.metrics.weights import load_state_dict_file
+
 ASSET_PATH = Path(__file__).resolve().parent / "assets" / "mnist_classifier.safetensors"
 
 
@@ -49,8 +51,6 @@ class MnistClassifier(nn.Module):
 
 def load_mnist_classifier(path: str | Path | None = None, device: torch.device | str = "cpu") -> MnistClassifier:
     """The shipped classifier (or weights at `path`), in eval mode."""
-    from argen.metrics.features import load_state_dict_file
-
     net = MnistClassifier()
     net.load_state_dict(load_state_dict_file(path or ASSET_PATH))
     return net.eval().to(device)
