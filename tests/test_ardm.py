@@ -165,16 +165,20 @@ def test_log_prob_without_order_is_reproducible_elbo():
     assert model.exact_likelihood is False
 
 
-def test_loss_records_step_losses_and_saves_them(tmp_path):
+def test_training_statistics_record_step_losses_and_save_them(tmp_path):
     model = make((1, 2, 3), 4).train()
+    assert model.has_training_stats
     x = torch.randint(0, 4, (16, 1, 2, 3))
     for _ in range(3):
-        model.loss(x).backward()
+        loss, stats = model.loss_and_stats(x)
+        loss.backward()
+        model.update_statistics(stats)
     assert int(model.step_loss_count.sum()) >= 3 and float(model.step_loss.abs().sum()) > 0
-    before = model.step_loss.clone()
-    model.eval()
-    model.loss(x)
-    torch.testing.assert_close(model.step_loss, before)  # eval never records
+    before = (model.step_loss.clone(), model.step_loss_count.clone())
+    for mode in (model.train, model.eval):  # loss() itself never records, in either mode
+        mode()
+        model.loss(x).backward()
+        assert torch.equal(model.step_loss, before[0]) and torch.equal(model.step_loss_count, before[1])
     argen.save(model, tmp_path / "run")
     loaded = argen.load(tmp_path / "run")
     torch.testing.assert_close(loaded.step_loss, model.step_loss)
@@ -186,7 +190,11 @@ def test_recorded_step_loss_is_the_mean_hidden_nll():
     model = make((1, 2, 2), 4).train()
     x = torch.randint(0, 4, (1, 1, 2, 2))
     torch.manual_seed(5)
-    loss = model.loss(x).detach()
+    loss, stats = model.loss_and_stats(x)
+    torch.manual_seed(5)
+    assert torch.equal(loss, model.loss(x))  # the same draw, the same loss
+    loss = loss.detach()
+    model.update_statistics(stats)
     (idx,) = torch.nonzero(model.step_loss_count).flatten().tolist()
     t = idx % model.num_dims
     # the loss in nats/dim is S * L_t for a single example
@@ -347,8 +355,9 @@ def test_upscale_generates_most_significant_bits_first():
 def test_upscale_complete_and_training():
     model = make((1, 3, 3), 8, upscale_bits=1).train()
     x = torch.randint(0, 8, (4, 1, 3, 3))
-    loss = model.loss(x)
+    loss, stats = model.loss_and_stats(x)
     loss.backward()
+    model.update_statistics(stats)
     assert math.isfinite(float(loss.detach())) and int(model.step_loss_count.sum()) >= 1
     known = torch.zeros(3, 3, dtype=torch.bool)
     known[0] = True

@@ -2,6 +2,9 @@
 
 Each rank starts from a different random init (DDP must broadcast rank 0's), sees its own half of
 the data (DistributedSampler), and writes its weights fingerprint; only rank 0 writes the run.
+With grad_accum=2 the gradient all-reduce is skipped (no_sync) on the first micro-batch of each
+step; ARDM's training statistics (per-step losses) are summed over ranks, so every rank records
+the same curve from all ranks' draws.
 """
 from __future__ import annotations
 
@@ -41,18 +44,35 @@ WORKER = textwrap.dedent('''
             self.epochs.append(epoch)
 
     out, rank = sys.argv[1], int(os.environ["RANK"])
+    name, accum = sys.argv[2], int(sys.argv[3])
     torch.manual_seed(100 + rank)  # a different init on each rank: DDP must make them equal
-    model = argen.create_model("pixelcnn", image_shape=(1, 8, 8), levels=4, **tiny_kwargs("pixelcnn"))
+    model = argen.create_model(name, image_shape=(1, 8, 8), levels=4, **tiny_kwargs(name))
+    updates = []
+    if name == "ardm":  # record what update_statistics is given
+        inner = model.update_statistics
+        def update(stats):
+            updates.append(int(stats["step_loss"][1].sum()))
+            inner(stats)
+        model.update_statistics = update
     data = Data(32, 0)
-    cfg = TrainConfig(steps=4, batch_size=4, lr=1e-2, warmup_steps=0, progress=False, tensorboard=False,
-                      sample_every=None, checkpoint_every=2, log_every=2, eval_examples=16, eval_batch_size=4,
-                      ema_decay=0.9)
+    cfg = TrainConfig(steps=4, batch_size=4 // accum, grad_accum=accum, lr=1e-2, warmup_steps=0, progress=False,
+                      tensorboard=False, sample_every=None, checkpoint_every=2, log_every=2, eval_examples=16,
+                      eval_batch_size=4, ema_decay=0.9)
     trainer = Trainer(model, data, cfg, run_dir=os.path.join(out, "run"), eval_data=Data(16, 1), device="cpu")
+    skipped = [0]
+    if trainer.dist.enabled:
+        no_sync = trainer.loss_module.no_sync
+        def counting_no_sync():
+            skipped[0] += 1
+            return no_sync()
+        trainer.loss_module.no_sync = counting_no_sync
     metrics = trainer.fit()
+    stats = {k: v.tolist() for k, v in trainer.model.state_dict().items() if k.startswith("step_loss")}
     with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
         json.dump({"model": weights_fingerprint(trainer.model), "ema": weights_fingerprint(trainer.ema.module),
                    "seen": data.seen, "epochs": data.epochs, "test_bpd": metrics["test_bpd"],
-                   "world": trainer.dist.world_size}, f)
+                   "world": trainer.dist.world_size, "no_sync": skipped[0], "updates": updates,
+                   "stats": stats}, f)
     D.cleanup()
 ''')
 
@@ -63,12 +83,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_keeps_ranks_equal(tmp_path):
+@pytest.mark.parametrize("name, accum", [("pixelcnn", 1), ("ardm", 2)])
+def test_two_process_ddp_keeps_ranks_equal(tmp_path, name, accum):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), str(tmp_path)]
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), str(tmp_path),
+           name, str(accum)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     if done.returncode != 0:
         pytest.fail(f"torchrun failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -80,6 +102,11 @@ def test_two_process_ddp_keeps_ranks_equal(tmp_path):
     assert set(r0["seen"][:16]).isdisjoint(r1["seen"][:16])
     assert sorted(r0["seen"][:16] + r1["seen"][:16]) == list(range(32))
     assert r0["epochs"] == r1["epochs"] == [0]
+    assert r0["no_sync"] == r1["no_sync"] == 4 * (accum - 1)  # gradients all-reduced once per step
+    if name == "ardm":
+        # every step's statistics hold all 2 ranks x 2 micro-batches x 2 examples, on both ranks
+        assert r0["updates"] == r1["updates"] == [8, 8, 8, 8]
+        assert r0["stats"] == r1["stats"] and sum(r0["stats"]["step_loss_count"]) > 0
     # rank 0 wrote the run; the checkpoint is the trained weights every rank holds
     run = tmp_path / "run"
     assert weights_fingerprint(argen.load(run, prefer_ema=False)) == r0["model"]

@@ -134,24 +134,40 @@ def _run(tmp_path, name, steps, data_n=24, resume=False, model=None, **kw):
     return trainer, data
 
 
+# Settings the exact-resume test runs under. grad_accum=2 with batch 4 takes the same 8 examples per
+# step as batch 8 (3 steps per epoch); its kill lands in the second micro-batch of step 6, after the
+# first has drawn from the RNG, so a save on Ctrl-C must store the RNG of the step's start.
+RESUME_SETTINGS = {
+    "fp32": {},
+    "grad_accum=2": dict(batch_size=4, grad_accum=2),
+    "bf16": dict(precision="bf16"),
+    "fp16": dict(precision="fp16"),
+    "bf16+grad_accum=2": dict(batch_size=4, grad_accum=2, precision="bf16"),
+}
+
+
+@pytest.mark.parametrize("setting", sorted(RESUME_SETTINGS))
 @pytest.mark.parametrize("how", ["hard-kill", "keyboard-interrupt", "sigint"])
-def test_resume_equals_uninterrupted(tmp_path, how):
-    full, _ = _run(tmp_path, "full", steps=7)
+def test_resume_equals_uninterrupted(tmp_path, how, setting):
+    kw = RESUME_SETTINGS[setting]
+    full, _ = _run(tmp_path, "full", steps=7, **kw)
     full.fit()
 
     model = _rng_loss(tiny_model(num_classes=3))
+    accum = kw.get("grad_accum", 1)
+    call = 6 * accum  # the last loss evaluation of step 6
     if how == "hard-kill":  # dies inside step 6: the last checkpoint is step 4
-        killed, expect_step = _kill_on_call(model, 6, Killed("kill -9")), 4
+        killed, expect_step = _kill_on_call(model, call, Killed("kill -9")), 4
     elif how == "keyboard-interrupt":  # Ctrl-C inside step 6, before the update: saves step 5
-        killed, expect_step = _kill_on_call(model, 6, KeyboardInterrupt()), 5
+        killed, expect_step = _kill_on_call(model, call, KeyboardInterrupt()), 5
     else:  # SIGINT during step 6: the step finishes, then the trainer saves step 6 and stops
-        killed, expect_step = _kill_on_call(model, 6, sigint=True), 6
-    first, _ = _run(tmp_path, "killed", steps=7, model=killed)
+        killed, expect_step = _kill_on_call(model, call, sigint=True), 6
+    first, _ = _run(tmp_path, "killed", steps=7, model=killed, **kw)
     with pytest.raises(Killed if how == "hard-kill" else KeyboardInterrupt):
         first.fit()
     assert json.loads((tmp_path / "killed" / "config.json").read_text())["step"] == expect_step
 
-    second, data = _run(tmp_path, "killed", steps=7, resume=True)
+    second, data = _run(tmp_path, "killed", steps=7, resume=True, **kw)
     assert second.step == expect_step
     second.fit()
     assert second.step == 7

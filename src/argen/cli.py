@@ -100,7 +100,7 @@ def register_train(sub: Any) -> None:
     p.add_argument("--data-root", default=None, help="folder holding the dataset files, where it needs one")
     p.add_argument("--steps", type=_train_option("steps"), default=None, help="optimizer steps (train.steps)")
     p.add_argument("--batch-size", type=_train_option("batch_size"), default=None,
-                   help="examples per step per process (train.batch_size)")
+                   help="examples per micro-batch per process (train.batch_size); a step takes train.grad_accum of them")
     p.add_argument("--lr", type=_train_option("lr"), default=None, help="peak learning rate (train.lr)")
     p.add_argument("--seed", type=_train_option("seed"), default=None,
                    help="seed of init, data order and training (train.seed)")

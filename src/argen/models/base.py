@@ -78,6 +78,9 @@ class ARModel(nn.Module, abc.ABC):
     model_name: ClassVar[str] = "?"  # set by @register_model
     #: False for models whose log_prob is a bound (ARDM's ELBO, two-stage latent models).
     exact_likelihood: ClassVar[bool] = True
+    #: True for models that gather statistics while training (ARDM's per-step losses): they
+    #: implement `loss_and_stats` and `update_statistics`, and the trainer all-reduces the stats.
+    has_training_stats: ClassVar[bool] = False
 
     distribution: PixelDistribution
 
@@ -172,6 +175,13 @@ class ARModel(nn.Module, abc.ABC):
     def loss(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """Scalar training loss: mean negative log-likelihood in nats per dimension."""
         return -self.log_prob(x, cond).mean() / self.num_dims
+
+    def loss_and_stats(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
+        """The loss and {name: (sum, count)} statistics the trainer sums over ranks (none by default)."""
+        return self.loss(x, cond), {}
+
+    def update_statistics(self, stats: dict[str, tuple[Tensor, Tensor]]) -> None:
+        """Fold all-reduced training statistics into the model (called on every rank after a step)."""
 
     # ----- generation ------------------------------------------------------------------------
     def stepper(self, cond: Tensor | None) -> Any:

@@ -17,11 +17,12 @@ from typing import Any
 from argen.fields import coerce, coerce_fields, spec, validate_fields
 
 __all__ = ["TrainConfig", "coerce", "coerce_fields", "load_config_file", "parse_value", "parse_overrides",
-           "merge_configs", "OPTIMIZERS", "SCHEDULES", "TIME_CLOCKS", "CONFIG_SECTIONS"]
+           "merge_configs", "OPTIMIZERS", "SCHEDULES", "TIME_CLOCKS", "PRECISIONS", "CONFIG_SECTIONS"]
 
 OPTIMIZERS = ("adamw", "adam")
 SCHEDULES = ("constant", "cosine", "exponential")
 TIME_CLOCKS = ("wall", "cpu")
+PRECISIONS = ("fp32", "bf16", "fp16")
 MAX_SEED = 2**32 - 1  # numpy's seed range; torch takes it too
 
 
@@ -34,8 +35,17 @@ class TrainConfig:
     `argen train gated_pixelcnn --data mnist --steps 1500` a few-minute CPU demo.
     """
 
-    steps: int = spec(1500, ge=1)
+    steps: int = spec(1500, ge=1)  # optimizer steps
+    # examples per micro-batch per process; one optimizer step takes grad_accum micro-batches on
+    # every process, so the effective batch is batch_size * grad_accum * world size
     batch_size: int = spec(32, ge=1)
+    grad_accum: int = spec(1, ge=1)  # micro-batches per optimizer step (gradient accumulation)
+    # autocast dtype of the training forward/loss: "fp32" (none), "bf16", or "fp16" (with a gradient
+    # scaler). Weights, optimizer moments, EMA and evaluation (exact bits/dim) always stay fp32.
+    precision: str = spec("fp32", choices=PRECISIONS)
+    # torch.compile the training loss (the saved weights are the plain module's; a run resumes
+    # with or without it)
+    compile: bool = spec(False)
     optimizer: str = spec("adamw", choices=OPTIMIZERS)
     lr: float = spec(1e-3, gt=0)
     betas: tuple[float, float] = spec((0.9, 0.999), ge=0, lt=1)

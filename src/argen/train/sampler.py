@@ -12,7 +12,10 @@ from torch.utils.data import DistributedSampler, Sampler
 
 
 class ResumableSampler(Sampler[int]):
-    """Indices of this rank's shard for one epoch, starting at a given batch."""
+    """Indices of this rank's shard for one epoch, starting at a given batch.
+
+    `batch_size` is one optimizer step's examples per process (the trainer's batch_size x grad_accum).
+    """
 
     def __init__(self, dataset_len: int, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
                  shuffle: bool = True) -> None:
@@ -24,8 +27,9 @@ class ResumableSampler(Sampler[int]):
         self.steps_per_epoch = len(self._inner) // batch_size
         if self.steps_per_epoch < 1:
             raise ValueError(
-                f"expected at least batch_size={batch_size} examples per process, given {len(self._inner)} "
-                f"({dataset_len} examples over {world_size} process(es)); lower the batch size"
+                f"expected at least {batch_size} examples per process (one step's batch: batch_size x grad_accum), "
+                f"given {len(self._inner)} ({dataset_len} examples over {world_size} process(es)); "
+                f"lower the batch size or grad_accum"
             )
         self.epoch, self.start_batch = 0, 0
 

@@ -5,12 +5,22 @@ Adam, a step-indexed learning-rate schedule, gradient clipping, Polyak averaging
 checkpoints, sample grids, test bits/dim, metrics.jsonl, TensorBoard and a tqdm bar in bits/dim.
 
 Resuming is exact: the data order is a function of (seed, epoch, rank), the learning rate a
-function of the step, and `train_state.pt` holds the weights, EMA, optimizer moments and every
-rank's RNG state at the checkpoint, so a killed run continued with `resume=True` ends with the
-same weights as one that was never interrupted (bit for bit on the CPU).
+function of the step, and `train_state.pt` holds the weights, EMA, optimizer moments, the fp16
+gradient scaler and every rank's RNG state at the checkpoint, so a killed run continued with
+`resume=True` ends with the same weights as one that was never interrupted (bit for bit on the
+CPU).
+
+Bigger models: `precision` autocasts the training forward/loss (bf16, or fp16 with a gradient
+scaler; weights, optimizer, EMA and evaluation stay fp32); `grad_accum` splits each step's batch
+of batch_size * grad_accum examples (per process) into micro-batches whose gradients are summed,
+with DDP's gradient all-reduce only on the last; `compile` runs the loss through torch.compile.
+A model that declares training statistics (`has_training_stats`, e.g. ARDM's per-step losses)
+returns them from `loss_and_stats`; the trainer sums them over micro-batches and ranks (one
+all_reduce per step) and calls the model's `update_statistics` on every rank, so ranks agree.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -46,8 +56,12 @@ METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
 TENSORBOARD_DIR = "tb"
 STATE_FORMAT = "argen-train-state"
-#: Version 2 adds "digest" (SHA-256 over the whole state), "extra" and "finished".
-STATE_VERSION = 2
+#: Version 2 adds "digest" (SHA-256 over the whole state), "extra" and "finished"; version 3 adds
+#: "scaler" (the fp16 gradient scaler's state, None for fp32 and bf16).
+STATE_VERSION = 3
+#: Extra keyword arguments of `torch.compile` when `train.compile` is set (tests use a cheap backend).
+COMPILE_OPTIONS: dict[str, Any] = {}
+AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: Files a run directory may hold; `clear_run_dir` removes only these.
 RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, EMA_FILE, STATE_FILE, METRICS_FILE, "eval.json")
 #: Files only the trainer's main process writes: their stale temporaries are removed at a save or resume.
@@ -65,6 +79,38 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr, betas=config.betas)
+
+
+def check_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of `precision` on `device`; ValueError naming both when unsupported.
+
+    Autocast can quietly disable itself (with a warning) for a dtype a device lacks, so the check
+    runs one small matmul under it and looks at the result's dtype.
+    """
+    dtype = AUTOCAST_DTYPES[precision]
+    if dtype is None:
+        return None
+    problem = None
+    if not torch.amp.is_autocast_available(device.type):
+        problem = "autocast is not available there"
+    elif device.type == "cuda" and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        problem = "the GPU has no bfloat16 support"
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with torch.autocast(device.type, dtype=dtype):
+                    a = torch.ones(2, 2, device=device)
+                    out = a @ a
+            if out.dtype != dtype:
+                problem = f"autocast computed in {out.dtype} instead"
+        except (RuntimeError, TypeError, ValueError) as e:
+            problem = f"{type(e).__name__}: {' '.join(str(e).split())[:160]}"
+    if problem is not None:
+        raise ValueError(f"train.precision={precision!r} ({dtype}) is not supported on device {str(device)!r} "
+                         f"({problem}): expected a precision this device supports ('fp32' always is), "
+                         f"given {precision!r}")
+    return dtype
 
 
 def has_checkpoint(run_dir: str | os.PathLike[str]) -> bool:
@@ -129,6 +175,8 @@ def _check_state(state: Any, path: Path) -> dict[str, Any]:
     ]
     if version >= 2:
         kinds += [("digest", (str,)), ("extra", (dict,)), ("finished", (bool,))]
+    if version >= 3:
+        kinds += [("scaler", (dict, type(None)))]
     for key, types in kinds:
         if key not in state:
             raise bad(f"lacks {key!r}")
@@ -316,24 +364,40 @@ class Trainer:
         random.seed(config.seed + self.dist.rank)
         np.random.seed((config.seed + self.dist.rank) % 2**32)
 
+        self.autocast_dtype = check_precision(config.precision, self.device)
         self.model = model.to(self.device).train()
+        self.with_stats = D.has_training_stats(self.model)
+        # loss_module: LossModule(model), DDP-wrapped when distributed (its no_sync() is used for
+        # gradient accumulation); loss_fn: the same, through torch.compile when asked. Checkpoints
+        # always save self.model, the plain module.
         self.loss_module = D.wrap_for_training(self.model, self.device, self.dist, config.find_unused_parameters)
+        self.loss_fn = torch.compile(self.loss_module, **COMPILE_OPTIONS) if config.compile else self.loss_module
+        # fp16 gradients can underflow: scale the loss (disabled, a no-op, for fp32 and bf16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.optimizer = build_optimizer(self.model, config)
         self.ema = EMA(self.model, config.ema_decay, config.ema_warmup) if config.ema_decay is not None else None
         self.step = 0
         self.metrics: dict[str, Any] = {}
         self._last_saved_step: int | None = None
         self._in_update = False
+        # between the start of a step and its update: a save on interrupt then stores the RNG
+        # state of the step's start (`_step_rng`), since the partial step has already drawn from it
+        self._in_step = False
+        self._step_rng: dict[str, Any] | None = None
         self._finished = False  # set once fit() has evaluated and saved at the end
         self.resume_note: str | None = None
 
-        self.sampler = ResumableSampler(len(train_data), config.batch_size, self.dist.rank, self.dist.world_size,
+        # The loader yields one optimizer step's examples (batch_size * grad_accum per process),
+        # which train_step splits into micro-batches: the data order, epochs and resume positions
+        # are those of an un-accumulated run with batch_size * grad_accum.
+        step_batch = config.batch_size * config.grad_accum
+        self.sampler = ResumableSampler(len(train_data), step_batch, self.dist.rank, self.dist.world_size,
                                         seed=config.seed)
         self.steps_per_epoch = self.sampler.steps_per_epoch
         # A private generator keeps the DataLoader from drawing on the global RNG at each epoch,
         # which would shift the dropout stream between a resumed and an uninterrupted run.
         self.loader = DataLoader(
-            train_data, batch_size=config.batch_size, sampler=self.sampler, drop_last=True,
+            train_data, batch_size=step_batch, sampler=self.sampler, drop_last=True,
             num_workers=config.num_workers, pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(config.seed),
         )
@@ -372,26 +436,78 @@ class Trainer:
         return y.to(self.device, non_blocking=True)
 
     # ----- the loop ------------------------------------------------------------------------
+    def _autocast(self) -> Any:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _full_precision(self) -> Any:
+        """fp32 even inside a caller's autocast region: evaluation (exact bits/dim) and sampling."""
+        if not torch.amp.is_autocast_available(self.device.type):
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, enabled=False)
+
     def train_step(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """One optimizer update; returns the detached loss (nats/dim) and the gradient norm."""
+        """One optimizer update on the batch (x, y); returns the detached loss (nats/dim) and the gradient norm.
+
+        The batch is split into micro-batches of `batch_size` (the loader yields batch_size *
+        grad_accum examples); each micro-batch's loss, divided by their number, is backpropagated
+        (through the gradient scaler under fp16), DDP all-reducing gradients only on the last.
+        Training statistics of the micro-batches are summed, all-reduced over ranks once, and
+        given to the model's `update_statistics` after the optimizer step. The returned loss is
+        the mean over the micro-batches.
+        """
         x = x.to(self.device, non_blocking=True)
         cond = self._cond(y)
+        self._step_rng = _rng_state(self.device)
+        self._in_step = True
         lr = lr_at(self.step, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_module(x, cond)
-        loss.backward()
+        if x.shape[0] == 0:
+            raise ValueError(f"expected a batch of at least one example, given shape {tuple(x.shape)}")
+        xs = x.split(self.config.batch_size)
+        conds = cond.split(self.config.batch_size) if cond is not None else [None] * len(xs)
+        n = len(xs)
+        total = torch.zeros((), device=self.device)
+        stats: D.Stats | None = None
+        for i, (xi, ci) in enumerate(zip(xs, conds)):
+            with D.no_sync(self.loss_module, skip=i < n - 1):
+                with self._autocast():
+                    out = self.loss_fn(xi, ci)
+                if self.with_stats:
+                    if not (isinstance(out, tuple) and len(out) == 2):
+                        raise TypeError(f"expected {type(self.model).__name__}.loss_and_stats to return (loss, stats), "
+                                        f"given a {type(out).__name__}")
+                    loss, micro_stats = out
+                    stats = D.add_stats(stats, D.check_stats(micro_stats, type(self.model).__name__))
+                else:
+                    loss = out
+                self.scaler.scale(loss / n if n > 1 else loss).backward()
+            total = total + loss.detach().float()
+        if n > 1:
+            total = total / n
+        if self.scaler.is_enabled():
+            self.scaler.unscale_(self.optimizer)  # clip (and report) the true gradient norm
         grad_norm = None
         if self.config.grad_clip is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        if stats is not None:
+            stats = D.all_reduce_stats(stats)  # every rank runs this: one collective per step
         self._in_update = True  # from here until the step count moves, the state is mid-update
-        self.optimizer.step()
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if stats is not None:
+            self.model.update_statistics(stats)
         if self.ema is not None:
-            self.ema.update(self.model)
+            self.ema.update(self.model)  # copies buffers too: the updated statistics
         self.step += 1
-        self._in_update = False
-        return loss.detach(), (grad_norm.detach() if grad_norm is not None else None)
+        self._in_update = self._in_step = False
+        return total, (grad_norm.detach() if grad_norm is not None else None)
 
     def _time_is_up(self, elapsed: float, limit: float) -> bool:
         """True once `limit` seconds have passed; under DDP every rank follows rank 0's clock."""
@@ -506,7 +622,7 @@ class Trainer:
             "step": self.step,
             "train_bpd": float(bits_per_dim(-nats, 1)),
             "lr": lr_at(self.step - 1, self.config),
-            "examples_per_s": count * self.config.batch_size * world / max(seconds, 1e-9),
+            "examples_per_s": count * self.config.batch_size * self.config.grad_accum * world / max(seconds, 1e-9),
         }
         if self.config.grad_clip is not None:
             record["grad_norm"] = totals[1] / (count * world)
@@ -559,7 +675,8 @@ class Trainer:
         if len(shard):
             loader = DataLoader(shard, batch_size=self.config.eval_batch_size, shuffle=False,
                                 num_workers=self.config.num_workers)
-            result = evaluate_bpd(self.eval_model, loader, device=self.device)
+            with self._full_precision():  # exact bits/dim: fp32, whatever the training precision
+                result = evaluate_bpd(self.eval_model, loader, device=self.device)
             total, count = result["nats"] * result["n"], result["n"]
         total, count = D.all_reduce_sum([total, float(count)], self.device)
         if count == 0:
@@ -590,7 +707,8 @@ class Trainer:
         classes = getattr(model.config, "num_classes", None)
         cond = (torch.arange(n) % classes).to(self.device) if classes else None
         generator = torch.Generator().manual_seed(self.config.seed)
-        x = model.sample(n, cond, generator=generator)
+        with self._full_precision():
+            x = model.sample(n, cond, generator=generator)
         path = self.run_dir / SAMPLES_DIR / f"step_{self.step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_grid(x.cpu(), model.levels, path)
@@ -605,9 +723,10 @@ class Trainer:
         pairs weights of one step with optimizer moments of another (see `read_train_state`).
         Non-finite weights are refused before anything is written. `gather_rng=False` skips the
         collective (used on interrupt, when other ranks may be gone): ranks other than 0 then
-        reseed deterministically on resume.
+        reseed deterministically on resume. Saved in the middle of a step (an interrupt before its
+        update), the RNG state is the one of the step's start, which the resumed run redoes.
         """
-        rng = _rng_state(self.device)
+        rng = self._step_rng if self._in_step and self._step_rng is not None else _rng_state(self.device)
         rngs = D.all_gather_object(rng) if gather_rng else [rng] + [None] * (self.dist.world_size - 1)
         if self.is_main and self.run_dir is not None:
             # never replace a good checkpoint with diverged weights
@@ -626,6 +745,7 @@ class Trainer:
                 "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 "rng": rngs,
                 "world_size": self.dist.world_size,
                 "metrics": dict(self.metrics),
@@ -668,6 +788,9 @@ class Trainer:
                     self.ema = EMA(self.model, self.config.ema_decay, self.config.ema_warmup)
             part = "optimizer state"
             self.optimizer.load_state_dict(state["optimizer"])
+            part = "gradient scaler state"
+            if self.scaler.is_enabled() and state.get("scaler"):  # else fp16 switched on at resume: a fresh scale
+                self.scaler.load_state_dict(state["scaler"])
         except (ValueError, KeyError, TypeError, RuntimeError) as e:
             raise CorruptCheckpointError(f"corrupt checkpoint: {path} holds {part} that do not fit the model "
                                          f"({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None

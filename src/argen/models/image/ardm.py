@@ -19,7 +19,10 @@ A digit that would make the value exceed `levels - 1` gets no mass, so any `leve
 
 Parallel sampling with a budget of k calls follows the paper's dynamic programme over the
 per-step losses L_t recorded during training (a buffer saved with the weights); see
-`argen.sampling.ardm_schedule`.
+`argen.sampling.ardm_schedule`. The model declares them as training statistics
+(`has_training_stats`): `loss_and_stats` returns each step's (sum, count) of L_t per t, the
+trainer sums them over micro-batches and ranks and calls `update_statistics`, so every rank keeps
+the same curve; `loss` itself never changes a buffer.
 """
 from __future__ import annotations
 
@@ -135,6 +138,8 @@ class ARDM(ARModel):
     config_class = ARDMConfig
     config: ARDMConfig
     exact_likelihood = False
+    #: The trainer gathers the per-step losses L_t through `loss_and_stats` / `update_statistics`.
+    has_training_stats = True
 
     def __init__(self, config: ARDMConfig) -> None:
         super().__init__(config)
@@ -326,23 +331,46 @@ class ARDM(ARModel):
                              "expected digit_conditionals(), given a call to conditionals()")
         return self.digit_conditionals(x, cond, order, max_batch)[0]
 
-    def loss(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        """-ELBO in nats per dim (one stochastic draw per example); records L_t when training."""
+    def _step_losses(self, x: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(B,) samples of L_t in nats per dim (one stochastic draw per example) and their (stage, t) index."""
         self.check_input(x, cond)
         lp, t, stage = self._elbo_terms(x, cond, None, None, None, None)
         per_dim = -lp.flatten(1).sum(1) / (self.num_dims - t).to(lp.dtype)  # sample of L_t
-        if self.training:
-            self._record_step_loss(stage * self.num_dims + t, per_dim.detach())
+        return per_dim, stage * self.num_dims + t
+
+    def loss(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
+        """-ELBO in nats per dim (one stochastic draw per example). Changes no buffer: training
+        records L_t through `loss_and_stats` and `update_statistics`."""
+        per_dim, _ = self._step_losses(x, cond)
         return self.num_stages * per_dim.mean()
 
-    @torch.no_grad()
-    def _record_step_loss(self, index: Tensor, values: Tensor) -> None:
+    def loss_and_stats(self, x: Tensor, cond: Tensor | None = None) -> tuple[Tensor, dict[str, tuple[Tensor, Tensor]]]:
+        """`loss(x, cond)` and this batch's per-step losses: {"step_loss": (sums, counts)}, each
+        (S*D,), the sum of the L_t samples drawn at each (stage, t) and how many there were."""
+        per_dim, index = self._step_losses(x, cond)
         n = self.step_loss.numel()
-        sums = torch.zeros(n, device=values.device).index_add_(0, index, values.float())
-        counts = torch.bincount(index, minlength=n)
+        with torch.no_grad():
+            sums = torch.zeros(n, device=per_dim.device).index_add_(0, index, per_dim.detach().float())
+            counts = torch.bincount(index, minlength=n)
+        return self.num_stages * per_dim.mean(), {"step_loss": (sums, counts)}
+
+    @torch.no_grad()
+    def update_statistics(self, stats: dict[str, tuple[Tensor, Tensor]]) -> None:
+        """Fold one training step's summed L_t samples (from `loss_and_stats`, summed over
+        micro-batches and ranks) into the recorded curve: per (stage, t) drawn in the step, a
+        running mean for the first updates, then an EMA with `step_loss_decay` (early, untrained
+        losses fade out). Ranks given the same statistics keep the same curve."""
+        n = self.step_loss.numel()
+        if set(stats) != {"step_loss"}:
+            raise ValueError(f"expected statistics {{'step_loss'}}, given {sorted(stats)}")
+        sums, counts = stats["step_loss"]
+        if tuple(sums.shape) != (n,) or tuple(counts.shape) != (n,):
+            raise ValueError(f"expected step_loss sums and counts of shape ({n},), given "
+                             f"{tuple(sums.shape)} and {tuple(counts.shape)}")
+        sums = sums.to(self.step_loss.device, torch.float32)
+        counts = counts.to(self.step_loss.device)
         seen = counts > 0
         mean = sums[seen] / counts[seen]
-        # a running mean for the first updates, then an EMA (early, untrained losses fade out)
         w = torch.clamp(1.0 / (self.step_loss_count[seen] + 1).float(), min=1.0 - self.config.step_loss_decay)
         self.step_loss[seen] += w * (mean - self.step_loss[seen])
         self.step_loss_count[seen] += 1
