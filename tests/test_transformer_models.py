@@ -102,10 +102,44 @@ def test_kv_cache_decode_equals_full_forward(attention):
     with torch.no_grad():
         h = model.embed(x)
         full = model.trunk(h)
-        caches = model.new_caches(2)
-        parts = [model.trunk(h[:, :10], caches, 0)]
-        parts += [model.trunk(h[:, t : t + 1], caches, t) for t in range(10, h.shape[1])]
+        cache = model.new_cache(2)
+        parts = [model.trunk(h[:, :10], cache, 0)]
+        parts += [model.trunk(h[:, t : t + 1], cache, t) for t in range(10, h.shape[1])]
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+
+
+# State-dict keys of a 2-layer Image Transformer with classes before the shared trunk
+# (argen.nn.transformer), in order: checkpoints (and the weight fingerprints of compressed files)
+# written then must keep loading and matching.
+OLD_KEYS = ["row_embed", "col_embed", "channel_embed", "value_embed.weight", "class_embed.embed.weight"] + [
+    f"blocks.{i}.{name}.{p}" for i in range(2)
+    for name in ("norm1", "attn.q", "attn.kv", "attn.out", "norm2", "mlp.0", "mlp.2") for p in ("weight", "bias")
+] + ["norm.weight", "norm.bias", "head.weight", "head.bias"]
+
+
+@pytest.mark.parametrize("attention", ["full", "local1d", "local2d"])
+def test_old_checkpoint_names_load_and_give_identical_log_prob(attention):
+    """The model runs on the shared trunk but keeps its parameter names: an old state dict loads
+    (strictly) and gives the same log-probs; the trunk is the model's own blocks, not a copy."""
+    torch.manual_seed(1)
+    model = transformer(attention, num_classes=3)
+    with torch.no_grad():
+        model.class_embed.embed.weight.normal_()
+    old = {k: v.clone() for k, v in model.state_dict().items()}
+    assert list(old) == OLD_KEYS
+    assert model.decoder.blocks is model.blocks and model.decoder.norm is model.norm
+    assert model.decoder.pattern is model.pattern
+    assert len(list(model.parameters())) == len(OLD_KEYS)  # no parameter registered twice
+    torch.manual_seed(2)
+    fresh = transformer(attention, num_classes=3)
+    fresh.load_state_dict(old)  # strict
+    x, c = torch.randint(0, 4, (3, 3, 5, 6)), torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        assert torch.equal(fresh.log_prob(x, c), model.log_prob(x, c))
+    # .to() reaches the trunk's parts through the model
+    fresh.to(torch.float64)
+    assert fresh.decoder.norm.weight.dtype == torch.float64
+    assert fresh.new_cache(2).self_attn[0].k.dtype == torch.float64
 
 
 def test_class_reaches_slots_outside_the_start_tokens_window():

@@ -1,4 +1,7 @@
-"""Causal multi-head attention with explicit masks, local (block) patterns and a static KV cache.
+"""Multi-head attention with explicit masks, local (block) patterns and a static KV cache.
+
+The decoder trunk built from these (blocks, cross-attention, prefill / decode) is
+`argen.nn.transformer`.
 
 Everything is built from one function, `attend(q, k, v, mask)`: queries attend to keys/values
 where a boolean mask is True. Which keys a query may see is an `AttentionPattern`, defined once by
@@ -6,11 +9,18 @@ where a boolean mask is True. Which keys a query may see is an `AttentionPattern
 From that definition a pattern derives
 
 - a dense (N, N) mask (tests; short sequences),
-- mask rows for given query positions (decoding from a `KVCache`: the cache holds all N
-  positions, unwritten ones are later than the query and therefore masked), and
+- mask rows for given query positions, and the `window(start, end)` of a cached call (decoding
+  from a `KVCache`: the cache holds all N positions; a call over queries [start, end) reads only
+  keys [lo, end), lo = the first key any of them may see, under the matching mask, so a decode
+  step of a local pattern costs O(window), not O(N)),
 - for local patterns, query blocks with gathered key windows (training / full forward
   passes), so that local attention costs O(N * window) time and memory instead of O(N^2);
   tests check that this equals attention under the dense mask.
+
+A new pattern (e.g. block-local 3-D attention over (T, H, W) video positions in block-raster
+order) subclasses `AttentionPattern` with `allowed`, calls `_set_blocks` with its query blocks and
+key windows, and may override `first_key_of` with a closed form (the default derives it from
+`allowed` once); nothing else, including `argen.nn.transformer`, needs to change.
 
 Patterns:
 
@@ -33,6 +43,8 @@ these patterns on slots; see `models/image/image_transformer.py` for what that m
 receptive field.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -57,19 +69,30 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor, dropout_p: float = 0.0
     return out.masked_fill(empty, 0.0)
 
 
-class KVCache:
+class KVCache(nn.Module):
     """Static key/value buffers (B, heads, max_len, d) for one attention layer.
 
     `update(start, k, v)` writes positions [start, start + T) and returns the whole buffers;
-    the pattern's mask rows hide the positions not written yet (they lie after the query).
-    Preallocated so that decoding never reallocates (the gpt-fast habit).
+    the pattern's mask hides the positions not written yet (they lie after the query).
+    Preallocated so that decoding never reallocates (the gpt-fast habit). The buffers are
+    non-persistent: they follow `.to(dtype / device)` of whatever module holds the cache and never
+    land in a state dict (checkpoints stay weights only).
     """
+
+    k: Tensor
+    v: Tensor
 
     def __init__(self, batch: int, heads: int, max_len: int, qk_dim: int, v_dim: int | None = None,
                  *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
         self.max_len = max_len
-        self.k = torch.zeros(batch, heads, max_len, qk_dim, device=device, dtype=dtype)
-        self.v = torch.zeros(batch, heads, max_len, v_dim or qk_dim, device=device, dtype=dtype)
+        self.register_buffer("k", torch.zeros(batch, heads, max_len, qk_dim, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(batch, heads, max_len, v_dim or qk_dim, device=device, dtype=dtype),
+                             persistent=False)
+
+    @property
+    def batch(self) -> int:
+        return self.k.shape[0]
 
     def update(self, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         end = start + k.shape[-2]
@@ -82,6 +105,22 @@ class KVCache:
     def reset(self) -> None:
         self.k.zero_()
         self.v.zero_()
+
+    def extra_repr(self) -> str:
+        return f"batch={self.k.shape[0]}, heads={self.k.shape[1]}, max_len={self.max_len}"
+
+
+@dataclass
+class DecodeWindow:
+    """What a cached call over queries [start, end) attends to: keys [lo, end) under `mask`
+    (end - start, end - lo). Keys at or after `end` are never allowed (causality), keys before
+    `lo` are allowed to none of the queries, so reading only this slice of a cache gives the
+    same attention as reading all of it, at O(window) instead of O(N) cost per query."""
+
+    start: int
+    end: int
+    lo: int
+    mask: Tensor
 
 
 # ----- patterns -----------------------------------------------------------------------------------
@@ -104,6 +143,7 @@ class AttentionPattern(nn.Module):
             raise ValueError(f"sequence length must be >= 1, given {length}")
         self.length = length
         self.register_buffer("anchor", torch.zeros(0), persistent=False)  # follows .to(device)
+        self._first: Tensor | None = None
 
     def allowed(self, qi: Tensor, ki: Tensor) -> Tensor:
         """Bool tensor (broadcast of qi, ki): may the query at position qi attend to key ki?"""
@@ -118,6 +158,35 @@ class AttentionPattern(nn.Module):
         """(len(qi), N) mask rows for the queries at positions `qi` (KV-cache decoding)."""
         idx = torch.arange(self.length, device=qi.device)
         return self.allowed(qi[:, None], idx[None, :])
+
+    def first_keys(self) -> Tensor:
+        """(N,) long, on the CPU: the first key each query may attend to (the query itself when it
+        may attend to none). Derived once from `allowed` and kept; subclasses with a closed form
+        override `first_key_of` instead. On the CPU because window bounds are Python ints for
+        slicing: reading them must not synchronize a GPU."""
+        if self._first is None:
+            n, first = self.length, []
+            idx = torch.arange(n)
+            for a in range(0, n, 512):  # (512, N) mask rows at a time
+                q = idx[a : a + 512]
+                rows = self.allowed(q[:, None], idx[None, :])
+                first.append(torch.where(rows.any(1), rows.int().argmax(1), q))
+            self._first = torch.cat(first)
+        return self._first
+
+    def first_key_of(self, start: int, end: int) -> int:
+        """The first key any query in [start, end) may attend to."""
+        return int(self.first_keys()[start:end].min())
+
+    def window(self, start: int, end: int) -> DecodeWindow:
+        """Keys and mask for a cached call over queries [start, end) (see `DecodeWindow`)."""
+        if not 0 <= start < end <= self.length:
+            raise ValueError(f"expected query positions 0 <= start < end <= {self.length}, given [{start}, {end})")
+        lo = self.first_key_of(start, end)
+        device = self.anchor.device
+        q = torch.arange(start, end, device=device)
+        mask = self.allowed(q[:, None], torch.arange(lo, end, device=device)[None, :])
+        return DecodeWindow(start, end, lo, mask)
 
     def _set_blocks(self, q_index: Tensor, k_index: Tensor) -> None:
         qv, kv = q_index >= 0, k_index >= 0
@@ -165,6 +234,9 @@ class CausalPattern(AttentionPattern):
     def allowed(self, qi: Tensor, ki: Tensor) -> Tensor:
         return ki < qi if self.strict else ki <= qi
 
+    def first_key_of(self, start: int, end: int) -> int:
+        return 0
+
     def forward(self, q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor:
         self.check_length(q, k)
         if self.strict:
@@ -193,6 +265,9 @@ class Local1DPattern(AttentionPattern):
 
     def allowed(self, qi: Tensor, ki: Tensor) -> Tensor:
         return (ki <= qi) & (ki >= qi // self.block * self.block - self.memory)
+
+    def first_key_of(self, start: int, end: int) -> int:
+        return max(start // self.block * self.block - self.memory, 0)
 
     def extra_repr(self) -> str:
         return f"length={self.length}, block={self.block}, memory={self.memory}"
@@ -286,25 +361,45 @@ class MultiHeadAttention(nn.Module):
         return KVCache(batch, self.heads, max_len, self.qk_dim // self.heads, self.v_dim // self.heads,
                        device=device, dtype=dtype)
 
+    def keys_values(self, kv: Tensor) -> tuple[Tensor, Tensor]:
+        """Projected keys and values (B, heads, T, d) of `kv` (B, T, kv_dim): what a cache keeps
+        (cross-attention projects its context once with this and reuses the result)."""
+        k, v = self.kv(kv).split([self.qk_dim, self.v_dim], dim=-1)
+        split = "b t (h d) -> b h t d"
+        return rearrange(k, split, h=self.heads), rearrange(v, split, h=self.heads)
+
+    def attend_to(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Queries from x (B, T, dim) attend to given keys/values (B, heads, M, d) where `mask`
+        (broadcastable to (B, heads, T, M), True = may attend; None = everywhere) allows it."""
+        q = rearrange(self.q(x), "b t (h d) -> b h t d", h=self.heads)
+        p = self.dropout if self.training else 0.0
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
+        else:
+            out = attend(q, k, v, mask, p)
+        return self.out(rearrange(out, "b h t d -> b t (h d)"))
+
     def forward(self, x: Tensor, pattern: AttentionPattern, kv: Tensor | None = None,
-                cache: KVCache | None = None, start: int = 0) -> Tensor:
+                cache: KVCache | None = None, start: int = 0, window: DecodeWindow | None = None) -> Tensor:
         """x (B, T, dim) -> (B, T, out_dim).
 
         Without a cache, T is the whole sequence and `pattern` decides who sees whom. With a
         cache, x holds positions [start, start + T): their keys/values are written to the cache
-        and they attend to it under the pattern's mask rows (prefill: start=0; decode: T=1).
+        and they attend to its slice `window` (default `pattern.window(start, start + T)`; a
+        stack of layers computes it once and passes it to each) under the pattern's mask
+        (prefill: a chunk; decode: T=1).
         """
-        k, v = self.kv(x if kv is None else kv).split([self.qk_dim, self.v_dim], dim=-1)
-        split = "b t (h d) -> b h t d"
-        q, k, v = (rearrange(t, split, h=self.heads) for t in (self.q(x), k, v))
-        p = self.dropout if self.training else 0.0
+        k, v = self.keys_values(x if kv is None else kv)
         if cache is None:
-            out = pattern(q, k, v, p)
-        else:
-            k, v = cache.update(start, k, v)
-            rows = pattern.rows(torch.arange(start, start + q.shape[-2], device=q.device))
-            out = attend(q, k, v, rows, p)
-        return self.out(rearrange(out, "b h t d -> b t (h d)"))
+            q = rearrange(self.q(x), "b t (h d) -> b h t d", h=self.heads)
+            out = pattern(q, k, v, self.dropout if self.training else 0.0)
+            return self.out(rearrange(out, "b h t d -> b t (h d)"))
+        end = start + x.shape[-2]
+        window = pattern.window(start, end) if window is None else window
+        if (window.start, window.end) != (start, end):
+            raise ValueError(f"expected a window over queries [{start}, {end}), given [{window.start}, {window.end})")
+        k, v = cache.update(start, k, v)
+        return self.attend_to(x, k[:, :, window.lo : end], v[:, :, window.lo : end], window.mask)
 
 
 def map_attention(attn: MultiHeadAttention, pattern: AttentionPattern, x: Tensor, kv: Tensor | None = None) -> Tensor:
@@ -318,19 +413,3 @@ def map_attention(attn: MultiHeadAttention, pattern: AttentionPattern, x: Tensor
     seq = "b c h w -> b (h w) c"
     out = attn(rearrange(x, seq), pattern, kv=None if kv is None else rearrange(kv, seq))
     return rearrange(out, "b (h w) c -> b c h w", h=x.shape[2])
-
-
-class TransformerBlock(nn.Module):
-    """Pre-norm decoder block: x + attn(LN(x)); x + MLP(LN(x)) (GPT-2 layout)."""
-
-    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float = 0.0) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = MultiHeadAttention(dim, heads, dropout=dropout)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Linear(ff_dim, dim))
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor, pattern: AttentionPattern, cache: KVCache | None = None, start: int = 0) -> Tensor:
-        x = x + self.drop(self.attn(self.norm1(x), pattern, cache=cache, start=start))
-        return x + self.drop(self.mlp(self.norm2(x)))

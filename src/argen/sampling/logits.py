@@ -1,4 +1,5 @@
-"""Temperature, top-k and top-p as small pure functions over the last dim, and one draw.
+"""Temperature, top-k, top-p and classifier-free guidance as small pure functions over the last
+dim, and one draw.
 
 Draws use inverse-CDF sampling from one uniform number per row. A sampler consumes exactly one
 uniform per (position, channel) step in a fixed order, so two samplers that compute the same
@@ -94,3 +95,36 @@ def draw(logits: Tensor, u: Tensor) -> Tensor:
     if bad.any():
         idx[bad] = probs[bad].argmax(-1)
     return idx
+
+
+def classifier_free_guidance(cond_logits: Tensor, uncond_logits: Tensor, scale: float) -> Tensor:
+    """Classifier-free guidance (Ho & Salimans; as in Parti / LlamaGen): uncond + scale * (cond - uncond).
+
+    In logit space, over the last dim. Why not log-softmax space: the two differ by a constant
+    per row (log_softmax(z) = z - logsumexp(z), and the guided sum of two per-row constants is
+    another one), so after softmax they are the same distribution; logit space skips two
+    normalizations and keeps scale 1 returning `cond_logits` and scale 0 `uncond_logits` exactly
+    (returned as given, no round-off from u + (c - u)). scale > 1 sharpens towards the condition.
+    Apply it before temperature / top-k / top-p (`process_logits`), which expect one row of logits.
+
+    For scales other than 0 and 1, a value impossible (-inf) under either input stays impossible
+    (instead of inf - inf = NaN).
+    Raises ValueError unless both are floating-point tensors of one shape and scale is a finite
+    number >= 0.
+    """
+    if not _is_number(scale) or not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"scale must be a finite number >= 0, given {scale!r}")
+    for name, t in (("cond_logits", cond_logits), ("uncond_logits", uncond_logits)):
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, given "
+                             f"{t.dtype if isinstance(t, Tensor) else type(t).__name__}")
+    if cond_logits.shape != uncond_logits.shape:
+        raise ValueError(f"expected uncond_logits of the shape of cond_logits {tuple(cond_logits.shape)}, "
+                         f"given {tuple(uncond_logits.shape)}")
+    if scale == 1:
+        return cond_logits
+    if scale == 0:
+        return uncond_logits
+    guided = uncond_logits + scale * (cond_logits - uncond_logits)
+    impossible = (cond_logits == float("-inf")) | (uncond_logits == float("-inf"))
+    return guided.masked_fill(impossible, float("-inf"))

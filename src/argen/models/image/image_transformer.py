@@ -24,7 +24,10 @@ Attention (`attention=`), from `argen.nn.attention`, on slots:
   memory_w left of the block to memory_w right of it). One layer at s reads the values of the
   sub-pixels one step before those slots in the order.
 
-Layers stack, so the receptive field grows with depth (as in the paper). The per-slot L-way
+The layers are the shared decoder trunk (`argen.nn.transformer.Transformer`: pre-norm blocks,
+final LayerNorm, static KV cache with prefill / decode); this file holds only the slot
+embeddings, the head and the layout. Layers stack, so the receptive field grows with depth (as
+in the paper). The per-slot L-way
 logits are put back in the (B, C*L, H, W) layout of `argen.distributions.Categorical`.
 """
 from __future__ import annotations
@@ -40,14 +43,8 @@ from argen.distributions import Categorical
 from argen.fields import spec
 from argen.models.base import ARModel, ModelConfig
 from argen.nn import ClassEmbedding
-from argen.nn.attention import (
-    AttentionPattern,
-    CausalPattern,
-    KVCache,
-    Local1DPattern,
-    Local2DPattern,
-    TransformerBlock,
-)
+from argen.nn.attention import AttentionPattern, CausalPattern, DecodeWindow, Local1DPattern, Local2DPattern
+from argen.nn.transformer import Transformer, TransformerCache
 from argen.nn.unet import sinusoidal_embedding
 from argen.registry import register_model
 
@@ -104,15 +101,16 @@ class ImageTransformer(ARModel):
     slot_pixel: Tensor
     slot_channel: Tensor
     unslot: Tensor
+    decoder: Transformer
 
     def __init__(self, config: ImageTransformerConfig) -> None:
         super().__init__(config)
         cfg = config
         c, h, w = cfg.image_shape
         self.distribution = Categorical(c, cfg.levels)
-        self.pattern = make_pattern(cfg)
-        if isinstance(self.pattern, Local2DPattern):
-            self._order = list(self.pattern.order)
+        self.pattern = pattern = make_pattern(cfg)
+        if isinstance(pattern, Local2DPattern):
+            self._order = list(pattern.order)
         else:
             self._order = [(i, j) for i in range(h) for j in range(w)]
         # slot s predicts sub-pixel (channel s % C) of the pixel order[s // C]
@@ -139,8 +137,14 @@ class ImageTransformer(ARModel):
             self.register_buffer("col_embed", torch.cat([torch.zeros_like(cols), cols], 1), persistent=False)
         self.channel_embed = nn.Parameter(torch.randn(c, d) * 0.02)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(TransformerBlock(d, cfg.n_heads, cfg.d_ff, cfg.dropout) for _ in range(cfg.n_layers))
-        self.norm = nn.LayerNorm(d)
+        # The shared decoder trunk (argen.nn.transformer; no cross-attention). Its parts are
+        # registered here under the names they have had since the first checkpoints (`pattern`,
+        # `blocks`, `norm`: same state-dict keys in the same order, same weight fingerprints for
+        # compressed files), and the trunk object itself is held unregistered, so it adds no
+        # second name for them. `.to()`, `.train()` and `apply` reach its parts through these.
+        decoder = Transformer(d, cfg.n_layers, cfg.n_heads, cfg.d_ff, pattern, dropout=cfg.dropout)
+        self.blocks, self.norm = decoder.blocks, decoder.norm
+        self.__dict__["decoder"] = decoder
         self.head = nn.Linear(d, cfg.levels)
         self.apply(_init_weights)
         if self.class_embed.embed is not None:  # classes start neutral (ClassEmbedding's convention)
@@ -178,19 +182,19 @@ class ImageTransformer(ARModel):
             h = h + bias[:, None, :, 0, 0]
         return self.drop(h)
 
-    def trunk(self, h: Tensor, caches: list[KVCache] | None = None, start: int = 0,
-              pattern: AttentionPattern | None = None) -> Tensor:
-        """Slot inputs (B, T, d) -> per-slot logits (B, T, L). With caches, h holds slots
-        [start, start + T) and earlier slots come from the caches (prefill / decode).
-        `pattern` replaces the model's own for this call (cached sampling passes a view that
-        attends to the current window of the caches only)."""
-        pattern = self.pattern if pattern is None else pattern
-        for i, block in enumerate(self.blocks):
-            h = block(h, pattern, None if caches is None else caches[i], start)
-        return self.head(self.norm(h))
+    def trunk(self, h: Tensor, cache: TransformerCache | None = None, start: int = 0,
+              window: DecodeWindow | None = None) -> Tensor:
+        """Slot inputs (B, T, d) -> per-slot logits (B, T, L). Without a cache, T = N (training,
+        log_prob). With one, h holds slots [start, start + T) and earlier slots come from the
+        cache (`Transformer.prefill`; one slot = decode); `window` is the pattern's
+        `window(start, start + T)` when the caller has it already."""
+        if cache is None:
+            return self.head(self.decoder(h))
+        return self.head(self.decoder.prefill(h, cache, start=start, window=window))
 
-    def new_caches(self, batch: int) -> list[KVCache]:
-        return [b.attn.new_cache(batch, self.pattern.length, self.device) for b in self.blocks]
+    def new_cache(self, batch: int) -> TransformerCache:
+        """A static KV cache over all N slots for `batch` images, in the model's dtype and device."""
+        return self.decoder.new_cache(batch)
 
     def stepper(self, cond: Tensor | None) -> Any:
         """Exact cached sampling: prefill what is known, then decode one slot per sub-pixel from

@@ -1,0 +1,263 @@
+"""One decoder trunk for every transformer in argen: pre-norm blocks over an attention pattern,
+optional cross-attention to a context, and a static KV cache with `prefill` + `decode_one`.
+
+    trunk = Transformer(dim, n_layers, heads, ff_dim, pattern, dropout=0.0, context_dim=None)
+    trunk(x, context=None, context_mask=None)          # training: (B, N, dim) -> (B, N, dim)
+    cache = trunk.new_cache(batch)                     # or trunk.setup_cache(batch) (gpt-fast)
+    trunk.prefill(x[:, :t], cache, context=ctx)        # positions [0, t), context K/V projected once
+    trunk.decode_one(x[:, t : t + 1], t, cache)        # position t from the cache
+
+The trunk works on embeddings, not tokens: the model around it owns its inputs (values,
+positions, classes) and its head (levels, vocabulary), so the Image Transformer, a GPT prior over
+tokenizer codes, Parti's decoder and a video transformer differ only there and in the pattern.
+
+Block layout (GPT-2 / nanoGPT, pre-norm):
+
+    x = x + attn(LN(x))                    self-attention under `pattern` (nn/attention.py)
+    x = x + cross(LN(x), context)          only with context_dim: every query sees the whole context
+    x = x + MLP(LN(x))
+    trunk output = LN(x)
+
+Patterns: anything `argen.nn.attention.AttentionPattern` defines (causal / full, local 1-D,
+local 2-D). A pattern is one definition `allowed(query, key)` over the N positions of the
+sequence (the model's generation order); the trunk uses its blocked full-sequence `forward` for
+training and its `window(start, end)` (keys [lo, end) and their mask) for cached calls. A new
+pattern (block-local 3-D for video: blocks of (t, h, w) positions in block-raster order) needs
+only `allowed`, `_set_blocks` with its query blocks and key windows, and optionally a closed form
+`first_key_of`; the trunk and the cache need no change.
+
+Cache: `TransformerCache` is an nn.Module holding one `KVCache` per layer (self-attention keys /
+values of every position written so far) and, with cross-attention, one `ContextCache` per layer
+(the context's projected keys / values, computed once per sample at prefill and reused by every
+decode step). All its buffers are non-persistent: `.to(torch.bfloat16)` / `.to(device)` of the
+trunk moves an attached cache (`setup_cache`), and no cache lands in a state dict. `new_cache`
+builds a free-standing one in the trunk's dtype and device (a sampler that owns its cache).
+
+Exactness: a cached call computes, for its positions, what the full pass computes (the keys and
+values of earlier positions are the same numbers, read back from the cache); results agree up to
+float round-off (attention over a cache slice sums in another order than the blocked pass).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from argen.nn.attention import AttentionPattern, DecodeWindow, KVCache, MultiHeadAttention
+
+
+class ContextCache(nn.Module):
+    """One layer's cross-attention keys/values (B, heads, M, d) of the context, and its mask
+    (B, M) bool (True = a real context position) or none. Filled by `store` at prefill."""
+
+    k: Tensor
+    v: Tensor
+    mask: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("k", torch.zeros(0), persistent=False)
+        self.register_buffer("v", torch.zeros(0), persistent=False)
+        self.register_buffer("mask", torch.zeros(0, dtype=torch.bool), persistent=False)
+        self.filled = False
+
+    def store(self, k: Tensor, v: Tensor, mask: Tensor | None) -> None:
+        self.k, self.v = k, v
+        self.mask = torch.zeros(0, dtype=torch.bool, device=k.device) if mask is None else mask
+        self.filled = True
+
+    def attention_mask(self) -> Tensor | None:
+        """The mask in (B, 1, 1, M) attention layout, or None (every context position is real)."""
+        return self.mask[:, None, None, :] if self.mask.numel() else None
+
+
+class TransformerCache(nn.Module):
+    """Everything a trunk keeps between `prefill` and `decode_one`: per layer a `KVCache`
+    (`self_attn[i]`) and, with cross-attention, a `ContextCache` (`context[i]`)."""
+
+    def __init__(self, layers: list[KVCache], context: list[ContextCache] | None = None) -> None:
+        super().__init__()
+        self.self_attn = nn.ModuleList(layers)
+        self.context = None if context is None else nn.ModuleList(context)
+
+    @property
+    def batch(self) -> int:
+        return self.self_attn[0].batch
+
+    @property
+    def max_len(self) -> int:
+        return self.self_attn[0].max_len
+
+    def reset(self) -> None:
+        for c in self.self_attn:
+            c.reset()
+        for cc in self.context or []:
+            cc.filled = False  # the next prefill must bring a context again
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm decoder block: x + attn(LN(x)); [x + cross(LN(x), context)]; x + MLP(LN(x)).
+
+    Parameter names (norm1, attn, norm2, mlp) are the Image Transformer's since its first
+    checkpoints; the cross-attention adds norm_cross and cross (context_dim set) only.
+    """
+
+    def __init__(self, dim: int, heads: int, ff_dim: int, dropout: float = 0.0, context_dim: int | None = None) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = MultiHeadAttention(dim, heads, dropout=dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, ff_dim), nn.GELU(), nn.Linear(ff_dim, dim))
+        self.drop = nn.Dropout(dropout)
+        self.norm_cross: nn.LayerNorm | None = None
+        self.cross: MultiHeadAttention | None = None
+        if context_dim is not None:
+            self.norm_cross = nn.LayerNorm(dim)
+            self.cross = MultiHeadAttention(dim, heads, kv_dim=context_dim, dropout=dropout)
+
+    def forward(self, x: Tensor, pattern: AttentionPattern, cache: KVCache | None = None, start: int = 0,
+                window: DecodeWindow | None = None, context: tuple[Tensor, Tensor] | None = None,
+                context_mask: Tensor | None = None) -> Tensor:
+        """x (B, T, dim) -> (B, T, dim). `context` = the cross-attention's projected (keys, values)
+        (`self.cross.keys_values(ctx)`), `context_mask` in attention layout (B, 1, 1, M) or None."""
+        x = x + self.drop(self.attn(self.norm1(x), pattern, cache=cache, start=start, window=window))
+        if self.cross is not None and self.norm_cross is not None:
+            if context is None:
+                raise ValueError("expected a context for the cross-attention, given None")
+            k, v = context
+            x = x + self.drop(self.cross.attend_to(self.norm_cross(x), k, v, context_mask))
+        return x + self.drop(self.mlp(self.norm2(x)))
+
+
+class Transformer(nn.Module):
+    """Decoder trunk: `n_layers` pre-norm blocks under `pattern` and a final LayerNorm (module doc).
+
+    `context_dim` (None = no cross-attention) is the width of the context every block attends to.
+    """
+
+    def __init__(self, dim: int, n_layers: int, heads: int, ff_dim: int, pattern: AttentionPattern, *,
+                 dropout: float = 0.0, context_dim: int | None = None) -> None:
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"expected n_layers >= 1, given {n_layers}")
+        self.dim, self.context_dim = dim, context_dim
+        self.pattern = pattern
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, ff_dim, dropout, context_dim) for _ in range(n_layers))
+        self.norm = nn.LayerNorm(dim)
+        self.cache: TransformerCache | None = None  # set by setup_cache
+
+    @property
+    def length(self) -> int:
+        return self.pattern.length
+
+    # ----- checks ------------------------------------------------------------------------------
+    def _check_input(self, x: Tensor, what: str = "input") -> None:
+        if x.ndim != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"expected an {what} of shape (B, T, {self.dim}), given {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"expected a floating-point {what}, given {x.dtype}")
+
+    def _context_kv(self, context: Tensor | None, context_mask: Tensor | None,
+                    batch: int) -> tuple[list[tuple[Tensor, Tensor] | None], Tensor | None]:
+        """Each block's projected context keys/values and the mask in attention layout."""
+        if self.context_dim is None:
+            if context is not None or context_mask is not None:
+                raise ValueError("this trunk has no cross-attention (context_dim=None): expected context=None, "
+                                 f"given a tensor of shape {tuple((context if context is not None else context_mask).shape)}")
+            return [None] * len(self.blocks), None
+        if context is None:
+            raise ValueError(f"expected a context (B, M, {self.context_dim}) for the cross-attention, given None")
+        if context.ndim != 3 or context.shape[0] != batch or context.shape[-1] != self.context_dim or not context.shape[1]:
+            raise ValueError(f"expected a context of shape ({batch}, M >= 1, {self.context_dim}), given {tuple(context.shape)}")
+        mask = None
+        if context_mask is not None:
+            if context_mask.dtype != torch.bool or tuple(context_mask.shape) != tuple(context.shape[:2]):
+                raise ValueError(f"expected a torch.bool context_mask of shape {tuple(context.shape[:2])}, "
+                                 f"given {context_mask.dtype} {tuple(context_mask.shape)}")
+            mask = context_mask[:, None, None, :]
+        kvs = [b.cross.keys_values(context) for b in self.blocks if b.cross is not None]
+        return list(kvs), mask
+
+    # ----- full sequence -------------------------------------------------------------------------
+    def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+        """The whole sequence: x (B, N, dim) -> (B, N, dim); context (B, M, context_dim) and
+        context_mask (B, M) bool (True = real position) for cross-attention."""
+        self._check_input(x)
+        if x.shape[1] != self.length:
+            raise ValueError(f"expected a sequence of length {self.length}, given {x.shape[1]}")
+        kvs, mask = self._context_kv(context, context_mask, x.shape[0])
+        for block, kv in zip(self.blocks, kvs):
+            x = block(x, self.pattern, context=kv, context_mask=mask)
+        return self.norm(x)
+
+    # ----- cached decoding -----------------------------------------------------------------------
+    def new_cache(self, batch: int, *, device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None) -> TransformerCache:
+        """A free-standing cache for `batch` sequences, in the trunk's dtype and device by default."""
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"expected a batch size >= 1, given {batch!r}")
+        ref = self.norm.weight
+        device = ref.device if device is None else device
+        dtype = ref.dtype if dtype is None else dtype
+        layers = [b.attn.new_cache(batch, self.length, device, dtype) for b in self.blocks]
+        context = None if self.context_dim is None else [ContextCache() for _ in self.blocks]
+        return TransformerCache(layers, context)
+
+    def setup_cache(self, batch: int) -> TransformerCache:
+        """Attach a cache as `self.cache` (gpt-fast's setup_caches): a submodule, so `.to()` of
+        the model moves it; `prefill` / `decode_one` use it when given no other."""
+        self.cache = self.new_cache(batch)
+        return self.cache
+
+    def _cache(self, cache: TransformerCache | None, batch: int) -> TransformerCache:
+        cache = self.cache if cache is None else cache
+        if cache is None:
+            raise ValueError("expected a cache (new_cache / setup_cache), given None")
+        if cache.batch != batch:
+            raise ValueError(f"expected a batch of {cache.batch} (the cache's size), given {batch}")
+        return cache
+
+    def prefill(self, x: Tensor, cache: TransformerCache | None = None, *, start: int = 0,
+                context: Tensor | None = None, context_mask: Tensor | None = None,
+                window: DecodeWindow | None = None) -> Tensor:
+        """Positions [start, start + T) of x (B, T, dim) -> (B, T, dim), given that the cache holds
+        positions [0, start); their keys/values are written to it.
+
+        With cross-attention, a `context` (at the first call of a sample) is projected once per
+        layer into the cache; calls without one (later chunks, decode steps) reuse it.
+        `window` (default `pattern.window(start, start + T)`) lets a caller that already has it
+        skip recomputing it.
+        """
+        self._check_input(x)
+        cache = self._cache(cache, x.shape[0])
+        end = start + x.shape[1]
+        if not 0 <= start < end <= self.length:
+            raise ValueError(f"expected positions 0 <= start < end <= {self.length}, given [{start}, {end})")
+        contexts: list = [None] * len(self.blocks)
+        mask = None
+        if self.context_dim is not None and cache.context is not None:
+            if context is not None:
+                kvs, mask = self._context_kv(context, context_mask, x.shape[0])
+                for cc, (k, v) in zip(cache.context, kvs):
+                    cc.store(k, v, context_mask)
+            elif not cache.context[0].filled:
+                raise ValueError("expected a context at the first prefill of a trunk with cross-attention, given None")
+            elif context_mask is not None:
+                raise ValueError("a context_mask comes with its context: expected None without a context, given one")
+            contexts = [(cc.k, cc.v) for cc in cache.context]
+            mask = cache.context[0].attention_mask()
+        else:
+            self._context_kv(context, context_mask, x.shape[0])  # raises for a context without cross-attention
+        window = self.pattern.window(start, end) if window is None else window
+        for block, layer, kv in zip(self.blocks, cache.self_attn, contexts):
+            x = block(x, self.pattern, layer, start, window, kv, mask)
+        return self.norm(x)
+
+    def decode_one(self, x: Tensor, pos: int, cache: TransformerCache | None = None) -> Tensor:
+        """One position: x (B, 1, dim) at position `pos` -> (B, 1, dim), from the cache (which
+        holds positions [0, pos) and, with cross-attention, the context's keys/values)."""
+        if x.ndim != 3 or x.shape[1] != 1:
+            raise ValueError(f"expected one position (B, 1, {self.dim}), given {tuple(x.shape)}")
+        return self.prefill(x, cache, start=pos)
+
+
+__all__ = ["ContextCache", "Transformer", "TransformerBlock", "TransformerCache"]
