@@ -14,6 +14,7 @@ import torch
 
 import argen
 from argen.data import load_dataset
+from argen.sampling.ardm_sampler import bpd_by_budget
 
 
 def main() -> None:
@@ -31,7 +32,7 @@ def main() -> None:
     step = max(1, len(test) // args.images)
     x = torch.stack([test[i][0] for i in range(0, len(test), step)][: args.images])
     curve = model.measure_step_losses(x, points=args.points, generator=torch.Generator().manual_seed(0), max_batch=100)
-    table = model.bpd_by_budget((None, *args.budgets), curve=curve)
+    table = bpd_by_budget(model, (None, *args.budgets), curve=curve)
     print(f"{model.model_name}: L_t measured on {len(x)} test images at {args.points} t values per stage\n")
     print("| network calls | bits/dim |")
     print("|---|---|")

@@ -10,7 +10,6 @@ Not a test: it takes `--budget` seconds per model plus evaluation and sampling.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import platform
@@ -81,10 +80,10 @@ def timing_row(model, args: argparse.Namespace, metrics: dict) -> dict:
     }
     with torch.no_grad():
         row["naive_s_per_img"] = time_naive(model)
-        if "steps" in inspect.signature(model.sample).parameters:
+        if model.capabilities.parallel_steps:
             row["sample_s_per_img"] = time_sampling(model, steps=args.ardm_steps)  # ARDM's parallel budget
             row["sample_note"] = f"{args.ardm_steps} calls"
-        elif model.has_own_stepper():
+        elif model.own_stepper:
             row["sample_s_per_img"] = time_sampling(model)  # the cached sampler, measured
         else:
             row["sample_s_per_img"] = None  # samples with the naive sampler

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from argen.sampling.cached import CachedStepper, UnsupportedLayer, build_plan
+from argen.sampling.conv_plan import AttentionOp
 from argen.sampling.naive import NaiveStepper, autoregressive_fill
 from tests.test_cached_sampling import Recorder, assert_same, make
 
@@ -119,4 +120,5 @@ def test_wrong_order_is_refused():
 def test_pixelsnail_plan_has_cached_attention():
     m = make("pixelsnail", (1, 5, 6), 4)
     plan = build_plan(m, False)
+    assert sum(isinstance(op, AttentionOp) for op in plan.ops) == m.config.n_blocks
     assert sum(op.kind == "attention" for op in plan.ops) == m.config.n_blocks

@@ -47,7 +47,7 @@ def _one_line_error(err: str) -> str:
 SAMPLING_BAD = [("--temperature", "nan"), ("--temperature", "inf"), ("--temperature", "-inf"), ("--temperature", "0"),
                 ("--temperature", "-1"), ("--top-p", "2"), ("--top-p", "0"), ("--top-p", "nan"), ("--top-p", "1.0001"),
                 ("--top-k", "0"), ("--top-k", "2.5"), ("--steps", "0"), ("--seed", "-1"), ("--seed", str(2**64)),
-                ("--seed", "1.5")]
+                ("--seed", "1.5"), ("--cfg-scale", "-1"), ("--cfg-scale", "nan")]
 BAD = (
     [("sample", opt, v) for opt, v in SAMPLING_BAD + [("--nrow", "0"), ("--nrow", "-1"), ("-n", "0"), ("-n", "-3"),
                                                       ("--class", "-1")]]
@@ -103,6 +103,17 @@ def test_output_checked_before_sampling(command, run, tmp_path, monkeypatch, cap
     assert main([*base, "-o", str(tmp_path / "file" / "s.png")]) == 2
     assert "not a folder" in _one_line_error(capsys.readouterr().err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]  # no temporary files left behind
+
+
+def test_sampling_options_the_model_does_not_declare_are_refused(run, tmp_path, capsys):
+    """--steps needs a model declaring parallel_steps, --cfg-scale != 1 one declaring guidance."""
+    base = ["sample", str(run), "-n", "1", "-o", str(tmp_path / "s.png"), "--device", "cpu"]
+    assert main([*base, "--cfg-scale", "2"]) == 2
+    assert "null (unconditional)" in _one_line_error(capsys.readouterr().err)
+    assert main([*base, "--steps", "3"]) == 2
+    assert "sample in parallel" in _one_line_error(capsys.readouterr().err)
+    assert main([*base, "--cfg-scale", "1"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.png"]
 
 
 def test_sample_overwrites_an_existing_output_atomically(run, tmp_path, monkeypatch, capsys):

@@ -5,7 +5,6 @@ A new model gets all of it by registering; a model that needs an exception expla
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import itertools
 import json
 
@@ -14,16 +13,13 @@ import torch
 
 import argen
 from argen.fields import bad_values, undeclared_fields
+from argen.positions import at, put
 from argen.registry import get_entry, tiny_kwargs
 from tests.helpers import cond_table, lp, make_tiny, random_images, tiny_shapes
 
 MODELS = argen.list_models()
 CASES = [(name, shape, levels) for name in MODELS for shape, levels in tiny_shapes(name)]
 IDS = [f"{n}-{'x'.join(map(str, s))}-L{lv}" for n, s, lv in CASES]
-
-
-def _index(pos):
-    return (slice(None), *pos)
 
 
 @pytest.mark.parametrize("name,shape,levels", CASES, ids=IDS)
@@ -36,10 +32,10 @@ def test_causality_pixels(name, shape, levels):
     for k in sorted({1, len(order) // 3, len(order) // 2, len(order) - 1}):
         y = x.clone()
         for pos in order[k:]:
-            y[(slice(None), slice(None), *pos)] = torch.randint(0, levels, (3, shape[0]))
+            put(y, pos, torch.randint(0, levels, (3, shape[0])))
         out = lp(model, y, reduce=False)
         for pos in order[:k]:
-            torch.testing.assert_close(out[_index(pos)], base[_index(pos)], atol=1e-5, rtol=1e-5,
+            torch.testing.assert_close(at(out, pos), at(base, pos), atol=1e-5, rtol=1e-5,
                                        msg=f"position {pos} (before k={k}) changed when later pixels changed")
 
 
@@ -50,9 +46,9 @@ def test_earlier_pixels_matter(name, shape, levels):
     order = model.generation_order()
     x = random_images(model, 4)
     y = x.clone()
-    y[(slice(None), slice(None), *order[0])] = (x[(slice(None), slice(None), *order[0])] + 1) % levels
+    put(y, order[0], (at(x, order[0]) + 1) % levels)
     a, b = lp(model, x, reduce=False), lp(model, y, reduce=False)
-    diffs = [float((a[_index(p)] - b[_index(p)]).abs().max()) for p in order[1:]]
+    diffs = [float((at(a, p) - at(b, p)).abs().max()) for p in order[1:]]
     assert max(diffs) > 1e-6, "no later position depends on the first pixel"
 
 
@@ -69,10 +65,10 @@ def test_causality_subpixels(name, shape, levels):
     base = cond_table(model, x)
     for c_changed in range(shape[0]):
         y = x.clone()
-        y[(slice(None), c_changed, *pos)] = (x[(slice(None), c_changed, *pos)] + 1) % levels
+        put(y, pos, (at(x, pos, channel=c_changed) + 1) % levels, channel=c_changed)
         out = cond_table(model, y)
         for c in range(c_changed + 1):
-            torch.testing.assert_close(out[(slice(None), c, slice(None), *pos)], base[(slice(None), c, slice(None), *pos)],
+            torch.testing.assert_close(at(out[:, c], pos), at(base[:, c], pos),
                                        atol=1e-5, rtol=1e-5, msg=f"channel {c} saw channel {c_changed}")
 
 
@@ -85,8 +81,8 @@ def test_normalization_by_enumeration(name, shape, levels):
     values = torch.tensor(list(itertools.product(range(levels), repeat=c)))  # (L^C, C)
     for pos in (order[0], order[len(order) // 2], order[-1]):
         x = random_images(model, 1).repeat(len(values), *[1] * len(shape))
-        x[(slice(None), slice(None), *pos)] = values
-        logp = lp(model, x, reduce=False)[_index(pos)]
+        put(x, pos, values)
+        logp = at(lp(model, x, reduce=False), pos)
         total = torch.logsumexp(logp.double(), 0)
         assert abs(float(total)) < 1e-4, f"pixel {pos} sums to exp({float(total)})"
 
@@ -199,7 +195,7 @@ def test_own_sampler_matches_naive(name, shape, levels):
     draws a random one per example by default) are given that order.
     """
     model = make_tiny(name, shape, levels)
-    own = {"order": model.generation_order()} if "order" in inspect.signature(model.sample).parameters else {}
+    own = {"order": model.generation_order()} if model.capabilities.sample_orders else {}
     a = model.sample(2, generator=torch.Generator().manual_seed(5), **own)
     b = model.sample(2, generator=torch.Generator().manual_seed(5), naive=True)
     assert torch.equal(a, b)

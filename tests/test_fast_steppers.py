@@ -9,6 +9,7 @@ from torch import Tensor
 
 import argen
 from argen.models.base import ARModel
+from argen.positions import at
 from argen.registry import tiny_kwargs
 from argen.sampling.naive import NaiveStepper, autoregressive_fill
 from argen.sampling.recurrent_cache import RecurrentStepper
@@ -48,7 +49,7 @@ class Recorder:
 
     def params_at(self, x: Tensor, pos, channel: int) -> Tensor:
         p = self.inner.params_at(x, pos, channel)
-        pixel = x[(slice(None), slice(None), *pos)]
+        pixel = at(x, pos)
         self.tables.append(self.model.distribution.conditionals(p, pixel)[:, channel].clone())
         return p
 
@@ -153,13 +154,12 @@ def test_recurrent_stepper_computes_one_column_per_layer_and_step(variant):
     end-of-row pass once per finished row, never a whole map."""
     c, h, w = 3, 6, 5
     m = make(variant, (c, h, w), 4)
-    stepper = m.stepper(None)
     counts = {"column": 0, "end_row": 0}
-    real_start = stepper._start
+    real_steps = m.raster_steps
 
-    def start(x):
-        real_start(x)
-        for layer in stepper.layers:
+    def raster_steps(cond, batch):  # the model's per-step API, with each layer's steps counted
+        steps = real_steps(cond, batch)
+        for layer in steps.layers:
             for what in counts:
                 fn = getattr(layer, what)
 
@@ -168,8 +168,10 @@ def test_recurrent_stepper_computes_one_column_per_layer_and_step(variant):
                     return _fn(*a)
 
                 setattr(layer, what, counted)
+        return steps
 
-    stepper._start = start
+    m.raster_steps = raster_steps
+    stepper = m.stepper(None)
     with torch.no_grad():
         autoregressive_fill(m, torch.zeros(2, c, h, w, dtype=torch.long), None, None, stepper,
                             generator=torch.Generator().manual_seed(0))

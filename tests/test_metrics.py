@@ -28,7 +28,7 @@ from argen.metrics.features import (
 from argen.metrics.i3d import MIN_FRAMES, I3DFeatures, InceptionI3d, Unit3D, load_i3d, same_padding
 from argen.metrics.inception import InceptionV3, inception_from_state_dict, state_dict_from_fid_helper
 from argen.metrics.mnist_net import ASSET_PATH, MnistClassifier
-from argen.metrics.quality import batches_quality, reference_statistics, sample_quality
+from argen.metrics.quality import batches_quality, reference_statistics, sample_batches, sample_quality
 from argen.metrics.scores import inception_score, kernel_inception_distance, precision_recall
 
 scipy_linalg = pytest.importorskip("scipy.linalg")
@@ -470,3 +470,22 @@ def test_classifier_confidence():
     assert out["class_shares"] == [0.5, 0.5, 0.0]  # the uniform row goes to the first class (argmax ties)
     with pytest.raises(ValueError, match="threshold"):
         classifier_confidence(logits, threshold=1.5)
+
+
+def test_class_accuracy_of_a_class_conditional_model(tmp_path):
+    import argen
+    from argen.registry import tiny_kwargs
+
+    ext = random_mnist_features()
+    data = TinyData(shape=(1, 8, 8))
+    model = argen.create_model("pixelcnn", image_shape=(1, 8, 8), levels=4, num_classes=10, **tiny_kwargs("pixelcnn")).eval()
+    res = sample_quality(model, data, n=12, batch_size=6, metrics=["conf"], features=ext, cache_dir=tmp_path)
+    # the same samples (seed 0, labels 0..9 cycling), classified here
+    samples = torch.cat(list(sample_batches(model, 12, 6)))
+    labels = ext(samples, 4).logits.argmax(1)
+    assert res["class_accuracy_mnist"] == pytest.approx(float((labels == torch.arange(12) % 10).double().mean()))
+    assert res["confidence_mnist"] > 0
+    # an unconditional model has no requested class: no accuracy
+    plain = argen.create_model("pixelcnn", image_shape=(1, 8, 8), levels=4, **tiny_kwargs("pixelcnn")).eval()
+    assert "class_accuracy_mnist" not in sample_quality(plain, data, n=3, batch_size=3, metrics=["conf"], features=ext,
+                                                        cache_dir=tmp_path)

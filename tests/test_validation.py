@@ -13,8 +13,8 @@ import torch
 import argen
 from argen.fields import bad_values
 from argen.models.base import ModelConfig
-from argen.models.image.ardm import OrderStepper
 from argen.registry import build_config, tiny_kwargs
+from argen.sampling.ardm_sampler import OrderStepper
 from argen.sampling.logits import check_sampling_options, process_logits, top_p_filter
 from argen.sampling.naive import NaiveStepper, autoregressive_fill
 

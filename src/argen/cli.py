@@ -55,40 +55,38 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
                    help="network-call budget for models that sample in parallel (ARDM); default: one per dim")
     p.add_argument("--naive", action="store_true",
                    help="use the reference sampler (one full forward pass per step) instead of the model's own")
+    p.add_argument("--cfg-scale", type=float_arg(ge=0), default=1.0,
+                   help="classifier-free guidance scale, for models with a null condition (default: 1, none)")
 
 
 def _labels(model: Any, n: int, klass: int | None) -> Any:
-    """Class labels for n samples: all `klass`, or 0..C-1 cycling for a class-conditional model."""
-    import torch
+    """Conditions for n samples (`argen.conditioning.sample_conditions`): all `klass`, or 0..C-1 cycling."""
+    from argen.conditioning import sample_conditions
 
-    classes = getattr(model.config, "num_classes", None)
-    if klass is not None:
-        if not classes:
-            raise ValueError("--class needs a class-conditional model; this one was trained without labels")
-        if not 0 <= klass < classes:
-            raise ValueError(f"--class must be in [0, {classes - 1}], given {klass}")
-        return torch.full((n,), klass, dtype=torch.long, device=model.device)
-    if classes:
-        return torch.arange(n, device=model.device) % classes
-    return None
+    return sample_conditions(model.cond_spec, n, klass, device=model.device, option="--class")
 
 
 def _generate(model: Any, x: Any, known: Any, cond: Any, args: argparse.Namespace) -> Any:
     """Sample (known=None) or complete with the model's own sampler, or the naive one with --naive."""
     import torch
 
-    generator = torch.Generator().manual_seed(args.seed)
-    opts = dict(generator=generator, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                naive=args.naive, progress=True)
-    if args.steps is not None:
-        import inspect
+    from argen.sampling import SamplingConfig
 
-        if "steps" not in inspect.signature(model.sample).parameters:
+    config = SamplingConfig(generator=torch.Generator().manual_seed(args.seed), temperature=args.temperature,
+                            top_k=args.top_k, top_p=args.top_p, naive=args.naive, progress=True,
+                            cfg_scale=args.cfg_scale)
+    caps = model.capabilities
+    if config.cfg_scale != 1.0 and not caps.guidance:
+        raise ValueError(f"--cfg-scale needs a model with a null (unconditional) input for classifier-free "
+                         f"guidance; model {model.model_name!r} has none: expected --cfg-scale 1, given {args.cfg_scale}")
+    opts = {}
+    if args.steps is not None:
+        if not caps.parallel_steps:
             raise ValueError(f"--steps is for models that sample in parallel (e.g. ardm), given model {model.model_name!r}")
         opts["steps"] = args.steps
     if known is None:
-        return model.sample(x.shape[0], cond, **opts)
-    return model.complete(x, known, cond, **opts)
+        return model.sample(x.shape[0], cond, config, **opts)
+    return model.complete(x, known, cond, config, **opts)
 
 
 # ----- train ------------------------------------------------------------------------------------
@@ -331,7 +329,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     networks = prepare_eval_sample_metrics(args, device)  # bad --sample-* options fail before evaluating
     log_prob, orders = None, None
     if args.orders is not None:
-        if not hasattr(model, "log_prob_ensemble"):
+        if not model.capabilities.order_ensembles:
             raise ValueError(f"--orders needs a model that generates in any order (lmconv), given {model.model_name!r}")
         orders = model.eval_orders(args.orders)
         log_prob = lambda x, cond: model.log_prob_ensemble(x, orders, cond=cond)  # noqa: E731
@@ -367,6 +365,8 @@ def format_quality(quality: dict[str, Any]) -> str:
             continue
         if key.startswith("class_shares") and isinstance(value, list):
             lines.append(f"  {key}: " + " ".join(f"{c}:{100 * v:.0f}%" for c, v in enumerate(value)))
+        elif key.startswith("class_accuracy_") and isinstance(value, float):
+            lines.append(f"  {key} (samples the classifier gives the class they were drawn for): {100 * value:.1f}%")
         elif key.startswith("confidence_") and isinstance(value, float):
             share = quality.get(key.replace("confidence_", "confident_share_"))
             extra = f" ({100 * share:.1f}% of samples above 0.9)" if isinstance(share, float) else ""
@@ -398,6 +398,15 @@ def check_image_output(path: str | os.PathLike[str], option: str = "-o") -> Path
     return out
 
 
+def _check_image_levels(model: Any) -> None:
+    """Refuse, before any sampling, a model whose data is not pixels (the output is an image grid)."""
+    from argen.data.images import MAX_IMAGE_LEVELS
+
+    if model.levels > MAX_IMAGE_LEVELS:
+        raise ValueError(f"the output is an image, which takes at most {MAX_IMAGE_LEVELS} levels; this model has "
+                         f"{model.levels} (a token grid is not an image: sample it through the Python API)")
+
+
 def register_sample(sub: Any) -> None:
     from argen.fields import int_arg
 
@@ -423,6 +432,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"-n must be >= 1, given {args.num}")
     output = check_image_output(args.output)  # before sampling, not after
     model = load_run(args.run, _device(args.device)).eval()
+    _check_image_levels(model)
     cond = _labels(model, args.num, args.klass)
     x0 = torch.zeros((args.num, *model.data_shape), dtype=torch.long, device=model.device)
     x = _generate(model, x0, None, cond, args)
@@ -480,18 +490,20 @@ def register_complete(sub: Any) -> None:
 def cmd_complete(args: argparse.Namespace) -> int:
     import torch
 
+    from argen.conditioning import batch_condition
     from argen.data.images import save_grid
 
     if args.num < 1:
         raise ValueError(f"-n must be >= 1, given {args.num}")
     output = check_image_output(args.output)  # before sampling, not after
     model = load_run(args.run, _device(args.device)).eval()
+    _check_image_levels(model)
     ds = run_dataset(run_description(args.run), args.data, args.data_root, args.split, model)
     n = min(args.num, len(ds))
     items = [ds[i] for i in range(n)]
     x = torch.stack([it[0] for it in items]).to(model.device)
     y = torch.stack([it[1] for it in items]).to(model.device)
-    cond = y if getattr(model.config, "num_classes", None) else None
+    cond = batch_condition(model.cond_spec, y)
     hidden = hidden_mask(args.mask, n, model.spatial_shape, args.seed).to(model.device)
     completed = _generate(model, x, ~hidden, cond, args)
     fill = (model.levels - 1) // 2  # hidden pixels show as mid grey (black for binary data)

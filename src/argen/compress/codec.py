@@ -51,7 +51,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from argen.checkpoint import weights_fingerprint
-from argen.sampling.naive import NaiveStepper, autoregressive_fill
+from argen.positions import at
+from argen.sampling import NaiveStepper, autoregressive_fill, build_stepper
 
 # constriction is a compiled module whose submodules are attributes, not importable paths
 AnsCoder = constriction.stream.stack.AnsCoder
@@ -61,6 +62,8 @@ MAGIC = b"ARGZ"
 VERSION = 2
 _PREFIX = struct.Struct("<4sBI")
 PATHS = ("parallel", "stepper")
+#: Archives hold 8-bit pixels (uint8 checksums and output); code grids of more levels are not coded yet.
+MAX_CODED_LEVELS = 256
 
 #: File formats that store 8-bit pixels exactly (each round-trips bit for bit through imageio or
 #: numpy, grey and RGB): the only suffixes an image name in an archive may carry.
@@ -144,7 +147,7 @@ def _probs(table: Tensor) -> np.ndarray:
 
 
 def _decode_stepper(model: Any, path: str) -> Any:
-    return model.stepper(None) if path == "stepper" else NaiveStepper(model, None)
+    return build_stepper(model, None) if path == "stepper" else NaiveStepper(model, None)
 
 
 def _teacher_forced_probs(model: Any, x: Tensor, out: np.ndarray) -> None:
@@ -155,7 +158,7 @@ def _teacher_forced_probs(model: Any, x: Tensor, out: np.ndarray) -> None:
         nonlocal step
         out[step] = _probs(table)
         step += 1
-        return x[(slice(None), c, *pos)]
+        return at(x, pos, channel=c)
 
     autoregressive_fill(model, torch.zeros_like(x), None, None, _decode_stepper(model, "stepper"), choose=record)
     if step != len(out):
@@ -168,8 +171,8 @@ def _parallel_probs(model: Any, x: Tensor, cond: Tensor | None, out: np.ndarray)
     dist = model.distribution
     step = 0
     for pos in model.generation_order():
-        p = params[(slice(None), slice(None), *pos)]
-        pixel = x[(slice(None), slice(None), *pos)]
+        p = at(params, pos)
+        pixel = at(x, pos)
         for c in range(model.channels):
             seen = pixel.clone()
             seen[:, c:] = 0  # what the decoder has decoded so far at this pixel
@@ -198,10 +201,13 @@ def compress_arrays(model: Any, images: np.ndarray, names: list[str] | None = No
     so memory grows with `batch_size`, not with the number of images. `names` (plain file names,
     distinct, lossless suffixes or none) are stored and covered by the checksum.
     """
-    path = path or ("stepper" if model.has_own_stepper() else "parallel")
+    path = path or ("stepper" if model.own_stepper else "parallel")
     if path not in PATHS:
         raise ValueError(f"expected path 'parallel' or 'stepper', given {path!r}")
     batch_size = _check_batch_size(batch_size)
+    if model.levels > MAX_CODED_LEVELS:
+        raise ValueError(f"compression takes models of at most {MAX_CODED_LEVELS} levels (8-bit files), "
+                         f"given a {model.levels}-level model")
     images = np.asarray(images)
     shape = tuple(model.data_shape)
     if images.ndim != len(shape) + 1 or tuple(images.shape[1:]) != shape:
@@ -225,7 +231,7 @@ def compress_arrays(model: Any, images: np.ndarray, names: list[str] | None = No
                 _parallel_probs(model, x, None, probs)
             else:
                 _teacher_forced_probs(model, x, probs)
-            symbols = np.stack([x[(slice(None), c, *pos)].cpu().numpy()
+            symbols = np.stack([at(x, pos, channel=c).cpu().numpy()
                                 for pos in order for c in range(model.channels)])  # (steps, B)
             # push this batch now (reversed within, so it pops in decode order) and drop its tables
             coder.encode_reverse(symbols.reshape(-1).astype(np.int32), family, probs.reshape(-1, model.levels))

@@ -134,8 +134,8 @@ def _folder(path: Path, split: str) -> tuple[Source, list[str] | None]:
 
 
 def _npy(path: Path, split: str) -> tuple[Source, list[str] | None]:
-    data, labels = readers.read_npy(path, split)
-    return ArraySource(data, labels, 256), None
+    data, labels, levels = readers.read_npy(path, split, with_levels=True)
+    return ArraySource(data, labels, levels), None
 
 
 BASES: dict[str, Base] = {
@@ -227,7 +227,8 @@ def list_datasets(root: str | None = None) -> list[DatasetInfo]:
                     (3, 32, 32), 256, 10, *where("cifar10")),
         DatasetInfo("folder:PATH", "a folder of same-size grey or RGB images; sub-folders are classes",
                     (), 256, None, True, "PATH"),
-        DatasetInfo("npy:PATH", "uint8 array file .npy (+ <stem>_labels.npy) or .npz (images, labels)",
+        DatasetInfo("npy:PATH", "uint8 (or uint16 codes) array file .npy (+ <stem>_labels.npy) or .npz "
+                    "(images, labels, levels)",
                     (), 256, None, True, "PATH"),
     ]
     return out

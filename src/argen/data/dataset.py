@@ -1,5 +1,6 @@
-"""The one Dataset class behind every name `load_dataset` knows: a source of uint8 items plus a
-chain of views, returning `(x: long (C, H, W) or (T, C, H, W), y: long 0-dim)` per index."""
+"""The one Dataset class behind every name `load_dataset` knows: a source of uint8 (pixels) or
+uint16 (codes, up to 65,536 levels) items plus a chain of views, returning
+`(x: long (C, H, W) or (T, C, H, W), y: long 0-dim)` per index."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from argen.data.views import View
 
 
 class Source(Protocol):
-    """Raw items before views: uint8 arrays of `item_shape` with values in [0, levels)."""
+    """Raw items before views: uint8 or uint16 arrays of `item_shape` with values in [0, levels)."""
 
     item_shape: tuple[int, ...]
     levels: int
@@ -25,9 +26,14 @@ class Source(Protocol):
     def get(self, index: int) -> tuple[np.ndarray, int]: ...
 
 
+#: Item dtypes a source may hold, and the most levels each can represent.
+ITEM_DTYPES = {np.dtype(np.uint8): 256, np.dtype(np.uint16): 65536}
+
+
 @dataclass
 class ArraySource:
-    """Items held in memory: data (N, *item_shape) uint8, labels (N,) ints or None (unlabelled)."""
+    """Items held in memory: data (N, *item_shape) uint8 (up to 256 levels) or uint16 (up to 65,536,
+    e.g. the codes of a tokenizer), labels (N,) ints or None (unlabelled)."""
 
     data: np.ndarray
     labels: np.ndarray | None = None
@@ -35,11 +41,13 @@ class ArraySource:
     num_classes: int | None = None
 
     def __post_init__(self) -> None:
-        if self.data.dtype != np.uint8 or self.data.ndim not in (4, 5):
-            raise ValueError(f"data must be uint8 (N, C, H, W) or (N, T, C, H, W), "
+        if self.data.dtype not in ITEM_DTYPES or self.data.ndim not in (4, 5):
+            raise ValueError(f"data must be uint8 or uint16 (N, C, H, W) or (N, T, C, H, W), "
                              f"given {self.data.dtype} {self.data.shape}")
-        if not 2 <= self.levels <= 256:
-            raise ValueError(f"levels must be in [2, 256], given {self.levels}")
+        top = ITEM_DTYPES[self.data.dtype]
+        if isinstance(self.levels, bool) or not isinstance(self.levels, (int, np.integer)) or not 2 <= self.levels <= top:
+            raise ValueError(f"levels must be in [2, {top}] for {self.data.dtype} data, given {self.levels}")
+        self.levels = int(self.levels)
         if self.data.size and int(self.data.max()) >= self.levels:
             raise ValueError(f"data values must lie in [0, {self.levels}), given max {int(self.data.max())}")
         if self.labels is not None and self.labels.shape != (len(self.data),):
@@ -77,6 +85,7 @@ class ArgenDataset(Dataset):
         self.num_classes: int | None = source.num_classes
         channels, levels = source.item_shape[-3], source.levels
         for v in self.views:
+            v.check_levels(levels)
             v.check(channels, levels)
             channels, levels = v.out_channels(channels), v.out_levels(levels)
         self.levels: int = levels
@@ -92,7 +101,7 @@ class ArgenDataset(Dataset):
         self.epoch = int(epoch)
 
     def raw(self, index: int) -> tuple[np.ndarray, int]:
-        """The uint8 item after views, and its label (-1 if unlabelled)."""
+        """The uint8 / uint16 item after views, and its label (-1 if unlabelled)."""
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {self.name} with {n} items")

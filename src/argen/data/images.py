@@ -60,10 +60,21 @@ def write_image(path: str | Path, array: np.ndarray) -> None:
     atomic_write(path, lambda tmp: iio.imwrite(tmp, a, extension=path.suffix), suffix=path.suffix)
 
 
+#: The most levels image output takes (8-bit pixels).
+MAX_IMAGE_LEVELS = 256
+
+
 def to_uint8(x: Tensor | np.ndarray, levels: int) -> np.ndarray:
-    """Integer levels in [0, levels) -> uint8 0..255 (v * 255 / (levels - 1), rounded)."""
-    if not 2 <= levels <= 256:
-        raise ValueError(f"levels must be in [2, 256], given {levels}")
+    """Integer levels in [0, levels) -> uint8 0..255 (v * 255 / (levels - 1), rounded).
+
+    Only pixel data (at most 256 levels) is an image: more levels are the codes of a tokenizer,
+    which a picture would misrepresent, so they are refused (decode them to pixels first).
+    """
+    if isinstance(levels, int) and levels > MAX_IMAGE_LEVELS:
+        raise ValueError(f"cannot show data with {levels} levels as an image: images take at most "
+                         f"{MAX_IMAGE_LEVELS} levels (a token grid is not an image; decode the codes to pixels first)")
+    if not 2 <= levels <= MAX_IMAGE_LEVELS:
+        raise ValueError(f"levels must be in [2, {MAX_IMAGE_LEVELS}], given {levels}")
     a = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
     if not np.issubdtype(a.dtype, np.integer):
         raise ValueError(f"expected integer pixel levels, given dtype {a.dtype}")

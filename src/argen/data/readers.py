@@ -6,7 +6,8 @@
   Unpickling is restricted to the NumPy globals those files use, so a hostile pickle cannot run
   code.
 - A folder of images (imageio), optionally one sub-folder per class.
-- NumPy arrays: `.npy` (+ optional `<stem>_labels.npy`) or `.npz` with `images` (+ `labels`).
+- NumPy arrays: `.npy` (+ optional `<stem>_labels.npy`) or `.npz` with `images` (+ `labels`,
+  `levels`); uint8 pixels or uint16 codes (a tokenizer's code grids, up to 65,536 levels).
 
 Sources without a published split (folders, arrays) are split by position: item i is in the test
 split when i % 10 == 9 (10%, spread over the whole set, and so over the classes of a folder that is
@@ -19,6 +20,7 @@ import io
 import pickle
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -288,14 +290,17 @@ def read_image_folder(
 # NumPy arrays
 
 
-def to_nchw(a: np.ndarray, where: str) -> np.ndarray:
+def to_nchw(a: np.ndarray, where: str, dtypes: tuple[Any, ...] = (np.uint8,)) -> np.ndarray:
     """uint8 (N,H,W) | (N,C,H,W) | (N,H,W,C) | (N,T,C,H,W) -> (N,[T,]C,H,W), C in {1, 3}.
+
+    `dtypes` widens the accepted element types (`read_npy` also takes uint16 codes).
 
     A 4-D array is read as (N, C, H, W) when its axis 1 is 1 or 3, else as (N, H, W, C) when its
     last axis is 1 or 3 (so an ambiguous (N, 3, H, 3) is channels-first). 5-D is video, as given.
     """
-    if a.dtype != np.uint8:
-        raise ValueError(f"{where}: arrays must be uint8 (values 0..255), given dtype {a.dtype}")
+    if a.dtype not in tuple(np.dtype(d) for d in dtypes):
+        allowed = " or ".join(f"{np.dtype(d).name} (values 0..{np.iinfo(d).max})" for d in dtypes)
+        raise ValueError(f"{where}: arrays must be {allowed}, given dtype {a.dtype}")
     if a.ndim == 3:
         return a[:, None]
     if a.ndim == 4:
@@ -310,32 +315,49 @@ def to_nchw(a: np.ndarray, where: str) -> np.ndarray:
                      f"given shape {a.shape}")
 
 
-def read_npy(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """Arrays on disk -> (data (N, [T,] C, H, W) uint8, labels (N,) int64 or None).
+def read_npy(path: str | Path, split: str, *, with_levels: bool = False) -> Any:
+    """Arrays on disk -> (data (N, [T,] C, H, W) uint8 or uint16, labels (N,) int64 or None),
+    and with `with_levels=True` also the number of levels (a third item).
 
     `x.npy` takes labels from `x_labels.npy` beside it if that exists; `x.npz` holds `images` and
-    optionally `labels`. Arrays are never unpickled (allow_pickle=False).
+    optionally `labels` and `levels` (a scalar, e.g. a tokenizer's codebook size). Levels are that
+    scalar when given, else 256 for uint8 and 65,536 for uint16 data. Arrays are never unpickled
+    (allow_pickle=False).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"array file {path} does not exist")
+    levels = None
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
             if "images" not in z:
                 raise ValueError(f"{path}: .npz needs an 'images' array, given {sorted(z.files)}")
             data = z["images"]
             labels = z["labels"] if "labels" in z else None
+            if "levels" in z:
+                raw = z["levels"]
+                if raw.shape != () or not np.issubdtype(raw.dtype, np.integer):
+                    raise ValueError(f"{path}: 'levels' must be an integer scalar, given {raw.dtype} {raw.shape}")
+                levels = int(raw)
     elif path.suffix == ".npy":
         data = np.load(path, allow_pickle=False)
         lab_path = path.with_name(path.stem + "_labels.npy")
         labels = np.load(lab_path, allow_pickle=False) if lab_path.is_file() else None
     else:
         raise ValueError(f"{path}: expected a .npy or .npz file, given suffix {path.suffix!r}")
-    data = to_nchw(data, str(path))
+    data = to_nchw(data, str(path), dtypes=(np.uint8, np.uint16))
+    top = 256 if data.dtype == np.uint8 else 65536
+    if levels is None:
+        levels = top
+    if not 2 <= levels <= top:
+        raise ValueError(f"{path}: levels must be in [2, {top}] for {data.dtype} data, given {levels}")
+    if data.size and int(data.max()) >= levels:
+        raise ValueError(f"{path}: values must lie in [0, {levels}), given max {int(data.max())}")
     if labels is not None:
         if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer) or (labels < 0).any():
             raise ValueError(f"{path}: labels must be {len(data)} non-negative ints, "
                              f"given {labels.dtype} {labels.shape}")
         labels = labels.astype(np.int64)
     keep = positional_split(len(data), split)
-    return data[keep], (labels[keep] if labels is not None else None)
+    out = data[keep], (labels[keep] if labels is not None else None)
+    return (*out, levels) if with_levels else out

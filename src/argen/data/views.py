@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -34,6 +35,15 @@ class View:
     """Base class; subclasses override `out_levels`, `out_channels` and `apply`."""
 
     suffix: str
+    #: The most input levels the view takes. Every view here transforms 8-bit pixel intensities;
+    #: data with more levels (uint16 codes of a tokenizer) are not pixels, and views refuse them.
+    max_levels: ClassVar[int] = 256
+
+    def check_levels(self, levels: int) -> None:
+        """Raise ValueError if data with `levels` levels is more than this view takes."""
+        if levels > self.max_levels:
+            raise ValueError(f"-{self.suffix} is a view of pixel intensities (at most {self.max_levels} levels), "
+                             f"given data with {levels} levels (codes of a tokenizer are not pixels)")
 
     def out_levels(self, levels: int) -> int:
         return levels

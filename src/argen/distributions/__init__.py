@@ -8,10 +8,10 @@ shape (B, C, *S) (S: any spatial/temporal dims, possibly none) to
   using the true earlier channels of `x`. Sampling, completion and entropy coding all use this
   table, so every model gets them the same way.
 """
-from argen.distributions.base import PixelDistribution
+from argen.distributions.base import MAX_LEVELS, PixelDistribution
 from argen.distributions.categorical import Categorical
 
-__all__ = ["PixelDistribution", "Categorical", "make_distribution"]
+__all__ = ["MAX_LEVELS", "PixelDistribution", "Categorical", "make_distribution"]
 
 
 def make_distribution(kind: str, channels: int, levels: int, **kw: int) -> PixelDistribution:

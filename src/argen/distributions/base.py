@@ -2,18 +2,28 @@
 from __future__ import annotations
 
 import abc
+from typing import ClassVar
 
 from torch import Tensor
+
+#: The most levels any distribution takes: a 16-bit value, e.g. the codes of a 16,384-entry tokenizer.
+MAX_LEVELS = 65536
 
 
 class PixelDistribution(abc.ABC):
     """Distribution of one pixel (C channels, each in [0, levels)) given network parameters."""
 
+    #: The most value levels this distribution can model (a declared limit, checked here and by
+    #: `ModelConfig.validate` through `ModelConfig.distribution_class`).
+    max_levels: ClassVar[int] = MAX_LEVELS
+    #: How the limit reads in error messages.
+    description: ClassVar[str] = "distribution"
+
     def __init__(self, channels: int, levels: int) -> None:
         if channels < 1:
             raise ValueError(f"channels must be >= 1, given {channels}")
-        if not 2 <= levels <= 256:
-            raise ValueError(f"levels must be in [2, 256], given {levels}")
+        if not 2 <= levels <= self.max_levels:
+            raise ValueError(f"levels must be in [2, {self.max_levels}] for a {self.description}, given {levels}")
         self.channels = channels
         self.levels = levels
 

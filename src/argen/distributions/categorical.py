@@ -14,6 +14,8 @@ class Categorical(PixelDistribution):
     masks must agree with this reshape (see nn.masked).
     """
 
+    description = "categorical head"
+
     @property
     def num_params(self) -> int:
         return self.channels * self.levels

@@ -25,6 +25,11 @@ LOG_SCALE_MIN = -7.0
 
 
 class DiscretizedLogisticMixture(PixelDistribution):
+    # Bins of width 2/(levels-1) on [-1, 1]: beyond 8-bit data the bins are too narrow for the
+    # clamped log-scales (>= -7) to resolve, and the per-value table grows with levels.
+    max_levels = 256
+    description = "discretized logistic mixture head"
+
     def __init__(self, channels: int, levels: int, components: int = 10) -> None:
         super().__init__(channels, levels)
         if components < 1:

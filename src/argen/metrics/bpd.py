@@ -8,6 +8,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from argen.conditioning import batch_condition
+
 
 def bits_per_dim(log_prob: Tensor | float, num_dims: int) -> Tensor | float:
     """bits/dim = -log p(x) / (D ln 2), with log p in nats and D = C*H*W (*T for video)."""
@@ -31,7 +33,8 @@ def evaluate_bpd(model: Any, batches: Iterable[tuple[Tensor, Tensor | None]], de
         for i, (x, y) in enumerate(tqdm(batches, desc="eval", disable=not progress, leave=False)):
             if max_batches is not None and i >= max_batches:
                 break
-            cond = y.to(device) if (use_labels and model.config.num_classes and y is not None) else None
+            cond = batch_condition(model.cond_spec, y) if use_labels else None
+            cond = None if cond is None else cond.to(device)
             lp = log_prob(x.to(device), cond)
             total_lp += float(lp.double().sum())
             count += x.shape[0]

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from argen.conditioning import CondSpec, sample_conditions
 from argen.metrics.features import FeatureExtractor
 from argen.metrics.frechet import GaussianStats, StatsAccumulator
 from argen.metrics.scores import classifier_confidence, inception_score, kernel_inception_distance, precision_recall
@@ -69,16 +70,13 @@ def dataset_batches(ds: Any, batch_size: int, n: int | None = None) -> Iterator[
 
 def sample_batches(model: Any, n: int, batch_size: int, *, seed: int = 0, temperature: float = 1.0,
                    top_k: int | None = None, top_p: float | None = None) -> Iterator[Tensor]:
-    """`n` samples of `model` in batches; class-conditional models get balanced random labels."""
+    """`n` samples of `model` in batches; class-conditional models get balanced labels, the classes
+    0..C-1 cycling over the `n` samples (`argen.conditioning.sample_conditions`, as `argen sample`)."""
     if n < 1 or batch_size < 1:
         raise ValueError(f"expected n >= 1 and batch_size >= 1, given n={n}, batch_size={batch_size}")
     device = model.device
     gen = torch.Generator(device=device).manual_seed(seed)
-    num_classes = getattr(getattr(model, "config", None), "num_classes", None)
-    labels = None
-    if num_classes:
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-        labels = (torch.arange(n) % num_classes)[perm]
+    labels = sample_conditions(getattr(model, "cond_spec", None) or CondSpec(), n)
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         cond = labels[start:start + b].to(device) if labels is not None else None
@@ -170,8 +168,13 @@ def batches_quality(batches: Iterable[Tensor], levels: int, data: str | Any, *, 
                     features: FeatureExtractor, is_network: FeatureExtractor | None = None, split: str = "test",
                     reference_n: int | None = None, batch_size: int = 100, total: int | None = None,
                     cache_dir: str | os.PathLike[str] | None = None, use_cache: bool = True,
-                    progress: bool = False) -> dict[str, Any]:
+                    progress: bool = False, requested: Tensor | None = None,
+                    requested_classes: int | None = None) -> dict[str, Any]:
     """Compare generated integer batches with the data set `data` (split `split`).
+
+    `requested`: the class label each sample was drawn for (class-conditional models); with "conf"
+    and a classifier over the same number of classes (`requested_classes`), `class_accuracy_<net>` is the share of
+    samples the classifier assigns to the requested class.
 
     Returns metric values (fid_inception, kid_mnist, precision_mnist, fvd, is_inception, ...) plus
     `features`, a sentence saying what the numbers are comparable with. Each batch passes through
@@ -222,6 +225,9 @@ def batches_quality(batches: Iterable[Tensor], levels: int, data: str | Any, *, 
             result[f"confidence_{logits_net.name}"] = conf["mean"]
             result[f"confident_share_{logits_net.name}"] = conf["share_confident"]
             result[f"class_shares_{logits_net.name}"] = conf["class_shares"]
+            if requested is not None and len(requested) >= len(all_logits) and all_logits.shape[1] == requested_classes:
+                hit = all_logits.argmax(1) == requested[: len(all_logits)].cpu()
+                result[f"class_accuracy_{logits_net.name}"] = float(hit.double().mean())
         result["is_network"] = logits_net.label
     return result
 
@@ -230,7 +236,10 @@ def sample_quality(model: Any, data: str | Any, *, n: int = 10000, batch_size: i
                    temperature: float = 1.0, **kwargs: Any) -> dict[str, Any]:
     """Sample `n` examples from `model` and compare them with `data` (see `batches_quality`)."""
     batches = sample_batches(model, n, batch_size, seed=seed, temperature=temperature)
-    return batches_quality(batches, int(model.levels), data, batch_size=batch_size, total=n, **kwargs)
+    spec = getattr(model, "cond_spec", None) or CondSpec()
+    requested = sample_conditions(spec, n)  # the labels sample_batches draws for
+    return batches_quality(batches, int(model.levels), data, batch_size=batch_size, total=n, requested=requested,
+                           requested_classes=spec.num_classes, **kwargs)
 
 
 def _check_shape(batches: Iterable[Tensor], shape: tuple[int, ...]) -> Iterator[Tensor]:

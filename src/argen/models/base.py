@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -16,9 +15,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from argen.distributions import PixelDistribution
+from argen.conditioning import CondSpec
+from argen.distributions import MAX_LEVELS, Categorical, PixelDistribution
 from argen.fields import spec, validate_fields
-from argen.sampling.logits import check_sampling_options
+from argen.positions import channels_first, raster
+
+#: The most levels that are pixel intensities (8 bits); more are codes of a tokenizer (a code grid).
+PIXEL_LEVELS = 256
 
 
 @dataclass
@@ -27,10 +30,16 @@ class ModelConfig:
 
     Every field is declared with `argen.fields.spec` (its type and range); `validate` checks them
     all through `validate_fields` and subclasses add only cross-field rules (divisibility etc.).
+
+    What a config declares beyond its fields (subclasses override what differs):
+    `data_shape` (one example, channel axis third from last: (C, H, W) images, (T, C, H, W)
+    video), `distribution_class()` (whose `max_levels` bounds `levels`: 65,536 for a categorical
+    head, 256 for a logistic mixture) and `cond_spec()` (what `cond` is; `num_classes` means class
+    labels). With more than 256 levels the data is a code grid (1, h, w), not pixels.
     """
 
-    image_shape: tuple[int, int, int] = spec((1, 28, 28), ge=1)  # (C, H, W); C is 1 or 3
-    levels: int = spec(256, ge=2, le=256)
+    image_shape: tuple[int, int, int] = spec((1, 28, 28), ge=1)  # (C, H, W); C is 1 or 3 (1 for a code grid)
+    levels: int = spec(256, ge=2, le=MAX_LEVELS)
     num_classes: int | None = spec(None, ge=1)
 
     def __post_init__(self) -> None:
@@ -46,6 +55,27 @@ class ModelConfig:
         validate_fields(self, "model")
         if self.image_shape[0] not in (1, 3):
             raise ValueError(f"image_shape channels must be 1 or 3, given {self.image_shape[0]}")
+        dist = self.distribution_class()
+        if self.levels > dist.max_levels:
+            raise ValueError(f"model.levels: this model's {dist.description} takes at most {dist.max_levels} "
+                             f"levels, given {self.levels} (a categorical-head model takes up to {MAX_LEVELS})")
+        channels = self.data_shape[-3]
+        if self.levels > PIXEL_LEVELS and channels != 1:
+            raise ValueError(f"model.levels above {PIXEL_LEVELS} are codes, not pixels: a code grid has 1 channel "
+                             f"(shape (1, h, w)), given {channels} channels with {self.levels} levels")
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """One example without the batch dim: (C, H, W) for images; a video config gives (T, C, H, W)."""
+        return tuple(self.image_shape)
+
+    def distribution_class(self) -> type[PixelDistribution]:
+        """The per-position distribution of the model's head; its `max_levels` bounds `levels`."""
+        return Categorical
+
+    def cond_spec(self) -> CondSpec:
+        """What the model is conditioned on: class labels when built with `num_classes`, else nothing."""
+        return CondSpec.classes(self.num_classes)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,14 +95,47 @@ def check_count(name: str, value: Any) -> None:
 
 def check_generate_options(generator: Any, temperature: Any, top_k: Any, top_p: Any, progress: Any,
                            naive: Any) -> None:
-    """The arguments every `sample` / `complete` takes (models that override them call this too)."""
-    check_sampling_options(temperature, top_k, top_p, generator)
-    check_flag("progress", progress)
-    check_flag("naive", naive)
+    """Raise ValueError unless these sampling options are usable (`argen.sampling.SamplingConfig`
+    checks them; kept for callers of the old helper)."""
+    from argen.sampling import SamplingConfig
+
+    SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, progress=progress,
+                   naive=naive)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model family declares about generation, read by sampling, the CLI, the codec, the
+    benchmarks and the tests instead of probing signatures (`ARModel.capabilities`, a class attribute).
+
+    stepper_kind: the sampler family in `argen.sampling.steppers` ("naive", "conv_plan",
+        "recurrent", "kv_cache", "ardm"); the kind's factory uses the model's public surface only.
+    parallel_steps: `sample` / `complete` take `steps=` (a budget of network calls; ARDM).
+    sample_orders: `sample` / `complete` take `order=` (the pixel order(s) to generate in; ARDM).
+    any_order: `forward` / `log_prob` / `conditionals` take `order=`, and completion walks
+        `completion_order(mask)` (the known pixels first; LMConv).
+    order_ensembles: `eval_orders(n)` and `log_prob_ensemble(x, orders, cond)` (LMConv).
+    guidance: the model has a null condition, `null_cond(batch)`, so classifier-free guidance
+        (`SamplingConfig.cfg_scale != 1`) is defined; without it cfg_scale != 1 is refused.
+    Whether the model's likelihood is exact is the class attribute `exact_likelihood` (contract v1).
+    """
+
+    stepper_kind: str = "naive"
+    parallel_steps: bool = False
+    sample_orders: bool = False
+    any_order: bool = False
+    order_ensembles: bool = False
+    guidance: bool = False
+
+    @property
+    def sample_options(self) -> tuple[str, ...]:
+        """Keyword options `sample` / `complete` take besides the `SamplingConfig` fields."""
+        return (("steps",) if self.parallel_steps else ()) + (("order",) if self.sample_orders else ())
 
 
 class ARModel(nn.Module, abc.ABC):
-    """An autoregressive model over integer images (B, C, H, W) with values in [0, levels)."""
+    """An autoregressive model over integer data (B, *data_shape) with values in [0, levels):
+    images (B, C, H, W), video (B, T, C, H, W), code grids (B, 1, h, w) of a tokenizer."""
 
     config_class: ClassVar[type[ModelConfig]] = ModelConfig
     model_name: ClassVar[str] = "?"  # set by @register_model
@@ -81,6 +144,8 @@ class ARModel(nn.Module, abc.ABC):
     #: True for models that gather statistics while training (ARDM's per-step losses): they
     #: implement `loss_and_stats` and `update_statistics`, and the trainer all-reduces the stats.
     has_training_stats: ClassVar[bool] = False
+    #: What the family can do when generating (its stepper kind, its extra sampling options).
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     distribution: PixelDistribution
 
@@ -94,21 +159,40 @@ class ARModel(nn.Module, abc.ABC):
     # ----- shape facts -------------------------------------------------------------------
     @property
     def data_shape(self) -> tuple[int, ...]:
-        """Shape of one example without the batch dim: (C, H, W) for images."""
-        return tuple(self.config.image_shape)
+        """Shape of one example without the batch dim: (C, H, W) for images, (T, C, H, W) for video."""
+        return tuple(self.config.data_shape)
 
     @property
     def channels(self) -> int:
+        """Sub-pixels per position: the channel axis, third from last in `data_shape`."""
         return self.data_shape[-3]
 
     @property
+    def position_shape(self) -> tuple[int, ...]:
+        """Positions the generation order walks over: `data_shape` without the channel axis,
+        (H, W) for images, (T, H, W) for video. `log_prob(reduce=False)` has one value per position."""
+        shape = self.data_shape
+        return (*shape[:-3], *shape[-2:])
+
+    @property
     def spatial_shape(self) -> tuple[int, ...]:
-        """Positions the generation order walks over: (H, W) for images."""
-        return self.data_shape[-2:]
+        """Alias of `position_shape` (the name from before video)."""
+        return self.position_shape
 
     @property
     def levels(self) -> int:
+        """Values per sub-pixel: data lie in [0, levels); up to `max_levels`."""
         return self.config.levels
+
+    @property
+    def max_levels(self) -> int:
+        """The most levels this model's head takes (65,536 categorical, 256 logistic mixture)."""
+        return self.config.distribution_class().max_levels
+
+    @property
+    def cond_spec(self) -> CondSpec:
+        """What `cond` is for this model (none, class labels, tokens, context frames)."""
+        return self.config.cond_spec()
 
     @property
     def num_dims(self) -> int:
@@ -122,11 +206,11 @@ class ARModel(nn.Module, abc.ABC):
     # ----- the network ---------------------------------------------------------------------
     @abc.abstractmethod
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        """Distribution parameters (B, P, H, W) for every pixel given the pixels before it."""
+        """Distribution parameters (B, P, *position_shape) for every position given the ones before it."""
 
     def generation_order(self) -> list[tuple[int, ...]]:
-        """Positions in the order the model generates them (raster by default)."""
-        return list(itertools.product(*(range(s) for s in self.spatial_shape)))
+        """Positions (tuples over `position_shape`) in the order the model generates them (raster by default)."""
+        return raster(self.position_shape)
 
     # ----- input checks ----------------------------------------------------------------------
     def check_input(self, x: Tensor, cond: Tensor | None = None) -> None:
@@ -144,33 +228,27 @@ class ARModel(nn.Module, abc.ABC):
         self.check_cond(cond, x.shape[0])
 
     def check_cond(self, cond: Tensor | None, batch: int) -> None:
-        if cond is None:
-            return
-        n = self.config.num_classes
-        if not n:
-            raise ValueError("expected cond=None: this model was built without num_classes")
-        if not isinstance(cond, Tensor) or cond.dtype != torch.long or tuple(cond.shape) != (batch,):
-            given = f"{cond.dtype} {tuple(cond.shape)}" if isinstance(cond, Tensor) else type(cond).__name__
-            raise ValueError(f"expected cond as torch.long labels of shape ({batch},), given {given}")
-        if batch and (int(cond.min()) < 0 or int(cond.max()) >= n):
-            raise ValueError(f"expected labels in [0, {n - 1}], given range [{int(cond.min())}, {int(cond.max())}]")
+        """Raise ValueError unless `cond` fits the model's declared `cond_spec` (None always does):
+        labels (B,), tokens (B, L) or context frames (B, k, C, H, W), see `argen.conditioning`."""
+        self.cond_spec.check(cond, batch)
 
     # ----- likelihood ------------------------------------------------------------------------
     def log_prob(self, x: Tensor, cond: Tensor | None = None, reduce: bool = True) -> Tensor:
-        """Exact log-likelihood in nats: (B,), or per position (B, H, W) with reduce=False."""
+        """Exact log-likelihood in nats: (B,), or with reduce=False one value per position,
+        (B, *position_shape): (B, H, W) for images, (B, T, H, W) for video, channels summed."""
         self.check_input(x, cond)
         check_flag("reduce", reduce)
-        per_pixel = self.distribution.log_prob(self(x, cond), x)
+        per_pixel = self.distribution.log_prob(self(x, cond), channels_first(x))
         return per_pixel.flatten(1).sum(1) if reduce else per_pixel
 
     def conditionals(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
-        """(B, C, L, H, W) log p(x_c = v | everything before it), all conditionals in one pass.
+        """(B, C, L, *position_shape) log p(x_c = v | everything before it), all in one pass.
 
         Entropy coding reads these tables; they are exact for the given `x` (its own earlier
         sub-pixels are the context).
         """
         self.check_input(x, cond)
-        return self.distribution.conditionals(self(x, cond), x)
+        return self.distribution.conditionals(self(x, cond), channels_first(x))
 
     def loss(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """Scalar training loss: mean negative log-likelihood in nats per dimension."""
@@ -184,68 +262,65 @@ class ARModel(nn.Module, abc.ABC):
         """Fold all-reduced training statistics into the model (called on every rank after a step)."""
 
     # ----- generation ------------------------------------------------------------------------
+    # Sampling lives in `argen.sampling` and depends on this class's public surface, never the
+    # reverse: `sample` / `complete` check their inputs and hand over to `argen.sampling.generate`,
+    # which builds what the model declares in `capabilities` (imported here lazily, at call time).
     def stepper(self, cond: Tensor | None) -> Any:
-        """Object that computes parameters at one position during sampling.
+        """The model's own stepper for the generic loop (`argen.sampling.autoregressive_fill`),
+        built by `argen.sampling` from the declared `capabilities.stepper_kind`."""
+        from argen.sampling import build_stepper
 
-        The default reruns the whole network (the reference naive path); models with a cached
-        path override this.
-        """
-        from argen.sampling.naive import NaiveStepper
+        return build_stepper(self, cond)
 
-        return NaiveStepper(self, cond)
+    @property
+    def steps_by_position(self) -> bool:
+        """True when generation can walk one position at a time with a stepper (the default); an
+        upscale ARDM samples by stages and has no per-position stepper."""
+        return True
 
-    @classmethod
-    def has_own_stepper(cls) -> bool:
-        """True when the model samples with its own (cached) stepper rather than the naive one."""
-        return cls.stepper is not ARModel.stepper
+    @property
+    def own_stepper(self) -> bool:
+        """True when the model samples with a stepper of its own kind rather than the naive one
+        (from the declared stepper kind and the config: `steps_by_position`)."""
+        return self.capabilities.stepper_kind != "naive" and self.steps_by_position
+
+    def has_own_stepper(self) -> bool:
+        """`own_stepper` (kept as a method for older callers)."""
+        return self.own_stepper
 
     @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        cond: Tensor | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        progress: bool = False,
-        naive: bool = False,
-    ) -> Tensor:
+    def sample(self, n: int, cond: Tensor | None = None, config: Any = None, **options: Any) -> Tensor:
         """Draw `n` images (n, C, H, W) long in [0, levels).
 
-        `naive=True` uses the reference sampler (a full forward pass per step) instead of the
-        model's own (cached) stepper; both give identical samples from the same generator.
+        `config` is an `argen.sampling.SamplingConfig`; its fields may also be given as keywords
+        (`sample(n, temperature=0.9, generator=g)`; keywords override the config's). Other keywords
+        are the options the model declares (`capabilities.sample_options`, e.g. ARDM's steps and
+        order). `naive=True` uses the reference sampler (a full forward pass per step) instead of
+        the model's own stepper; both give identical samples from the same generator.
         """
+        from argen.sampling import generate, split_options
+
         check_count("n", n)
-        check_generate_options(generator, temperature, top_k, top_p, progress, naive)
+        config, options = split_options(config, options)
         self.check_cond(cond, n)
         x = torch.zeros((n, *self.data_shape), dtype=torch.long, device=self.device)
-        return self._generate(x, None, cond, generator, temperature, top_k, top_p, progress, naive)
+        return generate(self, x, None, cond, config, **options)
 
     @torch.no_grad()
-    def complete(
-        self,
-        x: Tensor,
-        known: Tensor,
-        cond: Tensor | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        progress: bool = False,
-        naive: bool = False,
-    ) -> Tensor:
+    def complete(self, x: Tensor, known: Tensor, cond: Tensor | None = None, config: Any = None,
+                 **options: Any) -> Tensor:
         """Fill the pixels where `known` (B, H, W) or (H, W) bool is False; keep the rest.
 
-        A raster-order model conditions each filled pixel on the pixels before it in raster
-        order (known or filled); known pixels later in the order cannot inform it.
+        Options as in `sample`. A raster-order model conditions each filled pixel on the pixels
+        before it in raster order (known or filled); known pixels later in the order cannot inform
+        it (a model declaring `any_order` completes in an order that visits the known pixels first).
         """
+        from argen.sampling import generate, split_options
+
         self.check_input(x, cond)
-        check_generate_options(generator, temperature, top_k, top_p, progress, naive)
+        config, options = split_options(config, options)
         known = self.check_known(known, x.shape[0])
-        return self._generate(x.clone(), known, cond, generator, temperature, top_k, top_p, progress, naive)
+        return generate(self, x.clone(memory_format=torch.contiguous_format), known, cond, config, **options)
 
     def check_known(self, known: Tensor, batch: int) -> Tensor:
         """Validate a pixel-level known mask and broadcast it to (B, *spatial)."""
@@ -257,22 +332,6 @@ class ARModel(nn.Module, abc.ABC):
         if tuple(known.shape) != (batch, *want):
             raise ValueError(f"expected known of shape {want} or {(batch, *want)}, given {tuple(known.shape)}")
         return known.to(self.device)
-
-    def _generate(self, x: Tensor, known: Tensor | None, cond: Tensor | None, generator: torch.Generator | None,
-                  temperature: float, top_k: int | None, top_p: float | None, progress: bool,
-                  naive: bool = False) -> Tensor:
-        from argen.sampling.naive import NaiveStepper, autoregressive_fill
-
-        was_training = self.training
-        self.eval()
-        try:
-            return autoregressive_fill(
-                self, x, known, cond, NaiveStepper(self, cond) if naive else self.stepper(cond),
-                generator=generator, temperature=temperature,
-                top_k=top_k, top_p=top_p, progress=progress,
-            )
-        finally:
-            self.train(was_training)
 
     def extra_repr(self) -> str:
         return f"name={self.model_name!r}, data_shape={self.data_shape}, levels={self.levels}"

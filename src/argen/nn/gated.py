@@ -53,6 +53,9 @@ class HorizontalMaskedConv2d(DownRightShiftedConv2d):
     def kernel(self) -> Tensor:
         return self.weight * self.mask
 
+    def kernel_mask(self) -> Tensor:
+        return self.mask
+
 
 class GatedStackLayer(nn.Module):
     """One vertical + horizontal gated layer; `forward(v, h, cond) -> (v, h, skip)`.

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from argen.nn.util import CausalLayer, CausalSpec, conv_spec
+
 
 def local_masks(ranks: Tensor, kernel_size: int, dilation: int = 1, include_centre: bool = False) -> Tensor:
     """(B, k*k, H*W) float 0/1: tap t of location l is kept when its pixel precedes l.
@@ -116,7 +118,7 @@ def locally_masked_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, mask: 
     return out.view(b, cout, h, w)
 
 
-class LocallyMaskedConv2d(nn.Conv2d):
+class LocallyMaskedConv2d(nn.Conv2d, CausalLayer):
     """A same-size, odd-kernel convolution whose taps are masked per output location.
 
     Parameters and initialisation are those of nn.Conv2d. `forward(x, mask)` uses the given mask
@@ -149,6 +151,10 @@ class LocallyMaskedConv2d(nn.Conv2d):
         if mask.shape[0] != 1:
             raise ValueError(f"expected one order for the whole batch, given {mask.shape[0]}")
         return mask[0]
+
+    def causal_spec(self) -> CausalSpec:
+        """A plain convolution's taps, each masked per output location (current order)."""
+        return conv_spec(self, location_mask=self.location_mask())
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", include_centre={self.include_centre}"

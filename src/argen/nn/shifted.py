@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from argen.nn.util import ClassEmbedding
+from argen.nn.util import CausalLayer, CausalSpec, ClassEmbedding, conv_spec
 
 
 def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
@@ -51,10 +51,10 @@ def concat_elu(x: Tensor) -> Tensor:
     return F.elu(torch.cat([x, -x], dim=1))
 
 
-class _ShiftedConv2d(nn.Conv2d):
+class _ShiftedConv2d(nn.Conv2d, CausalLayer):
     """An unpadded convolution behind a fixed one-sided zero padding `self.pad` (F.pad order:
     left, right, top, bottom). Subclasses choose the padding; `kernel()` lets a subclass mask
-    the weight without touching the shift logic."""
+    the weight without touching the shift logic (and `kernel_mask()` says which taps it keeps)."""
 
     pad: tuple[int, int, int, int]
 
@@ -68,8 +68,17 @@ class _ShiftedConv2d(nn.Conv2d):
         """The weight the convolution uses (subclasses may mask it)."""
         return self.weight
 
+    def kernel_mask(self) -> Tensor | None:
+        """The fixed 0/1 mask `kernel()` multiplies the weight by (None: no mask)."""
+        return None
+
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(F.pad(x, self.pad), self.kernel(), self.bias, self.stride)
+
+    def causal_spec(self) -> CausalSpec:
+        left, _, top, _ = self.pad
+        return conv_spec(self, weights=lambda: (self.kernel(), self.bias), mask=self.kernel_mask(),
+                         extra_padding=(top, left))
 
 
 class DownShiftedConv2d(_ShiftedConv2d):
@@ -94,7 +103,7 @@ class DownRightShiftedConv2d(_ShiftedConv2d):
         super().__init__(in_ch, out_ch, (kh, kw), stride, (kw - 1, 0, kh - 1, 0))
 
 
-class _ShiftedConvTranspose2d(nn.ConvTranspose2d):
+class _ShiftedConvTranspose2d(nn.ConvTranspose2d, CausalLayer):
     """A transposed convolution cropped back to exactly stride * input size.
 
     The full output of a transposed convolution with kernel (kh, kw) and stride s is
@@ -112,6 +121,9 @@ class _ShiftedConvTranspose2d(nn.ConvTranspose2d):
         h, w = x.shape[2] * self.stride[0], x.shape[3] * self.stride[1]
         y = super().forward(x)
         return y[:, :, :h, self.col_offset : self.col_offset + w]
+
+    def causal_spec(self) -> CausalSpec:
+        return conv_spec(self, offset=(0, self.col_offset))
 
 
 class DownShiftedConvTranspose2d(_ShiftedConvTranspose2d):

@@ -183,26 +183,3 @@ def budget_bits_per_dim(step_losses: Tensor, budgets: Iterable[int | None], num_
             nats = sum(float(c[a]) for c, a in zip(per_stage, alloc))
         out[k] = nats / (num_dims * math.log(2.0))
     return out
-
-
-def fill_unrecorded(values: Tensor, counts: Tensor) -> Tensor:
-    """Linearly interpolate a recorded curve at the steps that were never recorded (count 0).
-
-    Ends are held constant. Raises ValueError when nothing was recorded at all.
-    """
-    values = values.detach().double().cpu().flatten()
-    seen = counts.detach().cpu().flatten() > 0
-    if not bool(seen.any()):
-        raise ValueError("no step losses were recorded (train the model with loss() in training mode first)")
-    if bool(seen.all()):
-        return values
-    xs = torch.nonzero(seen).flatten()
-    ys = values[xs]
-    grid = torch.arange(values.numel())
-    idx = torch.searchsorted(xs, grid).clamp(1, max(xs.numel() - 1, 1))
-    if xs.numel() == 1:
-        return torch.full_like(values, float(ys[0]))
-    x0, x1 = xs[idx - 1], xs[idx]
-    y0, y1 = ys[idx - 1], ys[idx]
-    w = ((grid - x0).double() / (x1 - x0).double()).clamp(0.0, 1.0)
-    return y0 + w * (y1 - y0)

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from argen.sampling.logits import check_sampling_options, draw, process_logits
+from argen.sampling.config import SamplingConfig
+from argen.sampling.logits import classifier_free_guidance, draw, process_logits
 
 
 class Stepper(Protocol):
@@ -51,6 +52,7 @@ def autoregressive_fill(
     cond: Tensor | None,
     stepper: Stepper,
     *,
+    config: SamplingConfig | None = None,
     generator: torch.Generator | None = None,
     temperature: float = 1.0,
     top_k: int | None = None,
@@ -58,8 +60,18 @@ def autoregressive_fill(
     progress: bool = False,
     choose: Callable[[Tensor, tuple[int, ...], int], Tensor] | None = None,
     order: Sequence[tuple[int, ...]] | None = None,
+    uncond_stepper: Stepper | None = None,
 ) -> Tensor:
     """Fill `x` in place in the model's order (all of it, or where `known` is False).
+
+    The sampling options come as a `SamplingConfig` (`config=`) or, as a convenience, as the
+    keywords generator / temperature / top_k / top_p / progress (not both). `config.naive` is the
+    caller's choice of `stepper`; this loop only drives the stepper it is given.
+
+    Classifier-free guidance (`config.cfg_scale != 1`): `uncond_stepper` serves the same positions
+    under the null condition, and each drawn conditional is
+    `classifier_free_guidance(conditional, unconditional, cfg_scale)` before temperature / top-k /
+    top-p.
 
     `order` replaces the model's generation order (LMConv completes in an order that visits the
     known pixels first); the stepper's model must then follow that same order.
@@ -69,15 +81,24 @@ def autoregressive_fill(
     conditional handed to it sees channels >= `channel` at `pos` as zero, exactly as the encoder
     reproduces it, so both sides compute bit-identical tables.
     """
-    check_sampling_options(temperature, top_k, top_p, generator)
+    keywords = dict(generator=generator, temperature=temperature, top_k=top_k, top_p=top_p, progress=progress)
+    if config is None:
+        config = SamplingConfig(**keywords)
+    elif any(v != SamplingConfig.__dataclass_fields__[k].default for k, v in keywords.items()):
+        raise ValueError("expected the sampling options either as config= or as keywords, given both")
+    if config.cfg_scale != 1.0 and uncond_stepper is None:
+        raise ValueError(f"cfg_scale={config.cfg_scale} needs an unconditional stepper (uncond_stepper=), given none")
+    generator, temperature, top_k, top_p = config.generator, config.temperature, config.top_k, config.top_p
     dist = model.distribution
     order = model.generation_order() if order is None else order
     batch = x.shape[0]
-    for pos in tqdm(order, desc="sampling", disable=not progress, leave=False):
+    for pos in tqdm(order, desc="sampling", disable=not config.progress, leave=False):
         index = (slice(None), *pos)
         keep = known[index] if known is not None else None  # (B,) bool
         if keep is not None and bool(keep.all()):
             stepper.skip(x, pos)
+            if uncond_stepper is not None:
+                uncond_stepper.skip(x, pos)
             continue
         x[(slice(None), slice(None), *pos)] = torch.where(
             keep[:, None], x[(slice(None), slice(None), *pos)], 0) if keep is not None else 0
@@ -87,6 +108,10 @@ def autoregressive_fill(
             if choose is not None:
                 value = choose(table, pos, c)
             else:
+                if uncond_stepper is not None and config.cfg_scale != 1.0:
+                    params_u = uncond_stepper.params_at(x, pos, c)
+                    table_u = dist.conditionals(params_u, x[(slice(None), slice(None), *pos)])[:, c]
+                    table = classifier_free_guidance(table, table_u, config.cfg_scale)
                 logits = process_logits(table, temperature, top_k, top_p)
                 u = torch.rand(batch, generator=generator, device=generator.device if generator else x.device)
                 value = draw(logits, u.to(x.device))

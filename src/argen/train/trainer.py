@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from argen import checkpoint as ckpt
 from argen.checkpoint import CONFIG_FILE, EMA_FILE, WEIGHTS_FILE, CorruptCheckpointError, atomic_write_bytes, save
+from argen.conditioning import batch_condition, sample_conditions
 from argen.device import resolve_device
 from argen.metrics.bpd import bits_per_dim, evaluate_bpd
 from argen.train import distributed as D
@@ -430,10 +431,10 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def _cond(self, y: Tensor | None) -> Tensor | None:
-        """Labels go to the model only when it was built class-conditional."""
-        if y is None or not getattr(self.model.config, "num_classes", None):
-            return None
-        return y.to(self.device, non_blocking=True)
+        """The batch's conditioning input (labels today) goes to the model only when its `cond_spec`
+        declares one (`argen.conditioning.batch_condition`)."""
+        y = batch_condition(self.model.cond_spec, y)
+        return None if y is None else y.to(self.device, non_blocking=True)
 
     # ----- the loop ------------------------------------------------------------------------
     def _autocast(self) -> Any:
@@ -700,12 +701,13 @@ class Trainer:
         """
         if not self.is_main or self.run_dir is None:
             return None
-        from argen.data.images import save_grid
+        from argen.data.images import MAX_IMAGE_LEVELS, save_grid
 
         model = self.eval_model
+        if model.levels > MAX_IMAGE_LEVELS:
+            return None  # a token grid is not an image: nothing to show
         n = self.config.num_samples
-        classes = getattr(model.config, "num_classes", None)
-        cond = (torch.arange(n) % classes).to(self.device) if classes else None
+        cond = sample_conditions(model.cond_spec, n, device=self.device)
         generator = torch.Generator().manual_seed(self.config.seed)
         with self._full_precision():
             x = model.sample(n, cond, generator=generator)

@@ -18,33 +18,30 @@ log p(x) = sum_s log p(digit_s | coarser digits), so the ELBO samples a stage to
 A digit that would make the value exceed `levels - 1` gets no mass, so any `levels` works.
 
 Parallel sampling with a budget of k calls follows the paper's dynamic programme over the
-per-step losses L_t recorded during training (a buffer saved with the weights); see
-`argen.sampling.ardm_schedule`. The model declares them as training statistics
-(`has_training_stats`): `loss_and_stats` returns each step's (sum, count) of L_t per t, the
+per-step losses L_t recorded during training (a buffer saved with the weights); the sampler, the
+plan cache and the programme live in `argen.sampling` (`ardm_sampler`, `ardm_schedule`; this file
+holds the network, the likelihood and what the model declares). The model declares the losses
+as training statistics (`has_training_stats`): `loss_and_stats` returns each step's (sum, count)
+of L_t per t, the
 trainer sums them over micro-batches and ranks and calls `update_statistics`, so every rank keeps
 the same curve; `loss` itself never changes a buffer.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from argen.distributions import Categorical
 from argen.fields import spec
-from argen.models.base import ARModel, ModelConfig, check_count, check_flag, check_generate_options
+from argen.models.base import ARModel, Capabilities, ModelConfig, check_flag
 from argen.nn import ClassEmbedding
 from argen.nn.unet import TimestepEmbedding, UNet
 from argen.orders import OrderSpec, order_ranks, resolve_order
 from argen.registry import register_model
-from argen.sampling import ardm_schedule
-from argen.sampling.logits import draw, process_logits
 
 
 @dataclass
@@ -59,6 +56,29 @@ class ARDMConfig(ModelConfig):
     upscale_bits: int = spec(0, ge=0, le=8)  # 0: plain order-agnostic ARDM; b > 0: stages of b bits, MSB first
     order_seed: int = spec(0, ge=0, lt=2 ** 63)  # seed of the fixed pixel order `generation_order()` returns
     step_loss_decay: float = spec(0.99, ge=0.0, lt=1.0)  # EMA decay of the recorded per-step losses L_t
+
+
+def fill_unrecorded(values: Tensor, counts: Tensor) -> Tensor:
+    """Linearly interpolate a recorded curve at the steps that were never recorded (count 0).
+
+    Ends are held constant. Raises ValueError when nothing was recorded at all.
+    """
+    values = values.detach().double().cpu().flatten()
+    seen = counts.detach().cpu().flatten() > 0
+    if not bool(seen.any()):
+        raise ValueError("no step losses were recorded (train the model with loss() in training mode first)")
+    if bool(seen.all()):
+        return values
+    xs = torch.nonzero(seen).flatten()
+    ys = values[xs]
+    grid = torch.arange(values.numel())
+    idx = torch.searchsorted(xs, grid).clamp(1, max(xs.numel() - 1, 1))
+    if xs.numel() == 1:
+        return torch.full_like(values, float(ys[0]))
+    x0, x1 = xs[idx - 1], xs[idx]
+    y0, y1 = ys[idx - 1], ys[idx]
+    w = ((grid - x0).double() / (x1 - x0).double()).clamp(0.0, 1.0)
+    return y0 + w * (y1 - y0)
 
 
 class BitStages:
@@ -104,33 +124,6 @@ class BitStages:
         return (full < self._table(self.n_prefix[1:], stage)[..., None]) & (d < self._table(self.digits, stage)[..., None])
 
 
-class OrderStepper:
-    """Sequential reference sampler for the generic loop (`argen.sampling.autoregressive_fill`).
-
-    Walks one pixel order (default: the model's `generation_order()`) one sub-pixel at a time, one
-    network call each, the dims before it known (and, when completing, the `known` (B, H, W)
-    pixels too); `ARDM.sample(order=...)` and `complete(order=...)` must reproduce it draw for
-    draw. `ARDM.sample(naive=True)` / `complete(naive=True)` run it.
-    """
-
-    def __init__(self, model: "ARDM", cond: Tensor | None, order: OrderSpec | None = None,
-                 known: Tensor | None = None) -> None:
-        self.model, self.cond = model, cond
-        order = model.generation_order() if order is None else order
-        self.rank = model.dim_ranks(order, 1)[0].view(model.data_shape)
-        self.known = None if known is None else known[:, None].expand(-1, model.channels, -1, -1)
-
-    def params_at(self, x: Tensor, pos: tuple[int, ...], channel: int) -> Tensor:
-        rank = self.rank.to(x.device)
-        known = (rank < rank[(channel, *pos)]).expand(x.shape)
-        if self.known is not None:
-            known = known | self.known.to(x.device)
-        return self.model(x, self.cond, known=known)[(slice(None), slice(None), *pos)]
-
-    def skip(self, x: Tensor, pos: tuple[int, ...]) -> None:
-        pass
-
-
 @register_model("ardm", tiny=dict(hidden=16, channel_mults=(1,), blocks_per_level=1, attention=False, embed_dim=4))
 class ARDM(ARModel):
     """Autoregressive Diffusion Model: order-agnostic (or bit-upscaling) with parallel sampling."""
@@ -138,6 +131,12 @@ class ARDM(ARModel):
     config_class = ARDMConfig
     config: ARDMConfig
     exact_likelihood = False
+    #: Sampled by the "ardm" kind (`argen.sampling.ardm_sampler`): parallel generation with at most
+    #: `steps` network calls (the dynamic programme over the recorded L_t) in a random order per
+    #: example unless `order` is given; `naive=True` is the sequential reference, one call per
+    #: sub-pixel in `order` (default: `generation_order()`), drawing what `order=generation_order()`
+    #: draws. Completion puts the known dims first in every order.
+    capabilities = Capabilities(stepper_kind="ardm", parallel_steps=True, sample_orders=True)
     #: The trainer gathers the per-step losses L_t through `loss_and_stats` / `update_statistics`.
     has_training_stats = True
 
@@ -159,11 +158,15 @@ class ARDM(ARModel):
         self.register_buffer("step_loss", torch.zeros(n_steps))
         self.register_buffer("step_loss_count", torch.zeros(n_steps, dtype=torch.long))
         self._order_cache: list[tuple[int, int]] | None = None
-        self._plan_cache: dict[tuple[str, int, int], list[list[int]]] = {}
 
     @property
     def num_stages(self) -> int:
         return self.stages.num_stages
+
+    @property
+    def steps_by_position(self) -> bool:
+        """A plain ARDM has a per-sub-pixel stepper; an upscale ARDM samples by stages only."""
+        return self.num_stages == 1
 
     # ----- the network -------------------------------------------------------------------------
     def forward(self, x: Tensor, cond: Tensor | None = None, known: Tensor | None = None,
@@ -377,17 +380,8 @@ class ARDM(ARModel):
 
     def step_loss_curve(self) -> Tensor:
         """(S, D) recorded L_t in nats per dim, unrecorded steps interpolated (ValueError if none)."""
-        curve = ardm_schedule.fill_unrecorded(self.step_loss, self.step_loss_count)
+        curve = fill_unrecorded(self.step_loss, self.step_loss_count)
         return curve.view(self.num_stages, self.num_dims)
-
-    def bpd_by_budget(self, budgets: Any = (None, 100, 50, 20), curve: Tensor | None = None) -> dict[int, float]:
-        """Approximate bits/dim of parallel sampling per budget of calls (None: every step).
-
-        `curve` (S, D) defaults to the L_t recorded during training; `measure_step_losses` gives a
-        held-out estimate, which avoids the DP exploiting noise or stale early-training values.
-        """
-        return ardm_schedule.budget_bits_per_dim(self.step_loss_curve() if curve is None else curve, budgets,
-                                                 self.num_dims)
 
     @torch.no_grad()
     def measure_step_losses(self, x: Tensor, cond: Tensor | None = None, points: int = 64,
@@ -410,162 +404,4 @@ class ARDM(ARModel):
                                                 None, torch.full((b,), stage, device=xb.device), generator)
                     total += float(-lp.flatten(1).sum(1).double().sum()) / (d - t)
                 values[stage * d + t], counts[stage * d + t] = total / x.shape[0], 1
-        return ardm_schedule.fill_unrecorded(values, counts).view(s, d)
-
-    # ----- generation ------------------------------------------------------------------------
-    def stepper(self, cond: Tensor | None) -> OrderStepper:
-        if self.num_stages > 1:
-            raise ValueError(f"an upscale ARDM ({self.num_stages} stages) samples by stages: expected sample() or "
-                             "complete(), given a request for a per-pixel stepper")
-        return OrderStepper(self, cond)
-
-    def _plan(self, start: int, steps: int | None) -> list[list[int]]:
-        """Per-stage absolute boundaries covering steps [start, D) with at most `steps` calls.
-
-        Plans are cached per recorded curve (the DP takes a second or so at D = 3072).
-        """
-        d, n_stages = self.num_dims, self.num_stages
-        n = d - start
-        if n == 0:
-            return [[start] for _ in range(n_stages)]
-        k = None if steps is None else min(steps, n_stages * n)
-        recorded = bool((self.step_loss_count > 0).any())
-        if not recorded or k is None or k == n_stages * n:
-            plans = ardm_schedule.plan_even(n_stages, n, k)
-        else:
-            digest = hashlib.sha1(self.step_loss.detach().cpu().numpy().tobytes()
-                                  + self.step_loss_count.detach().cpu().numpy().tobytes()).hexdigest()
-            key = (digest, start, k)
-            if key not in self._plan_cache:
-                if len(self._plan_cache) > 64:
-                    self._plan_cache.clear()
-                self._plan_cache[key] = ardm_schedule.plan_stages(self.step_loss_curve()[:, start:], k)
-            plans = self._plan_cache[key]
-        return [[start + v for v in p] for p in plans]
-
-    @torch.no_grad()
-    def sample(self, n: int, cond: Tensor | None = None, *, generator: torch.Generator | None = None,
-               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-               progress: bool = False, steps: int | None = None, order: OrderSpec | None = None,
-               naive: bool = False) -> Tensor:
-        """Draw `n` images with at most `steps` network calls (None: one per dim and stage).
-
-        Each example gets its own random order from `generator` unless `order` is given. With a
-        budget the calls follow the dynamic programme over the recorded L_t (evenly spaced when
-        nothing was recorded yet); each call samples all dims with sigma in [s, t).
-
-        `naive=True` is the sequential reference: the generic loop (`autoregressive_fill`) with an
-        `OrderStepper`, one network call per sub-pixel in `order` (default: `generation_order()`,
-        one order for the whole batch; steps must be None). `sample(order=generation_order())`
-        draws exactly the same images from the same generator. Plain ARDMs only: an upscale
-        ARDM samples by stages.
-        """
-        check_count("n", n)
-        check_generate_options(generator, temperature, top_k, top_p, progress, naive)
-        self.check_cond(cond, n)
-        self._check_naive(naive, steps)
-        x = torch.zeros((n, *self.data_shape), dtype=torch.long, device=self.device)
-        if naive:
-            return self._generate_sequential(x, None, cond, generator, temperature, top_k, top_p, progress, order)
-        return self._generate_parallel(x, None, cond, generator, temperature, top_k, top_p, progress, steps, order)
-
-    @torch.no_grad()
-    def complete(self, x: Tensor, known: Tensor, cond: Tensor | None = None, *,
-                 generator: torch.Generator | None = None, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, progress: bool = False, steps: int | None = None,
-                 order: OrderSpec | None = None, naive: bool = False) -> Tensor:
-        """Fill the pixels where `known` (B, H, W) or (H, W) is False, conditioned on all known ones.
-
-        Known dims come first in every order (they are "already generated"); the others follow in
-        a random order (or in `order`), with at most `steps` calls as in `sample`. `naive=True`:
-        the sequential reference as in `sample`, the unknown sub-pixels one at a time in `order`
-        (default: `generation_order()`), each conditioned on all known pixels and those before it.
-        """
-        self.check_input(x, cond)
-        check_generate_options(generator, temperature, top_k, top_p, progress, naive)
-        self._check_naive(naive, steps)
-        known = self.check_known(known, x.shape[0])
-        x = x.clone(memory_format=torch.contiguous_format)
-        if naive:
-            return self._generate_sequential(x, known, cond, generator, temperature, top_k, top_p, progress, order)
-        return self._generate_parallel(x, known, cond, generator, temperature, top_k, top_p, progress, steps, order)
-
-    def _check_naive(self, naive: bool, steps: int | None) -> None:
-        if naive and steps is not None:
-            raise ValueError(f"naive sampling makes one call per dim; expected steps=None with naive, given steps={steps}")
-        if naive and self.num_stages > 1:
-            raise ValueError(f"naive sampling walks one sub-pixel at a time, which an upscale ARDM "
-                             f"({self.num_stages} stages) does not: expected naive=False, given naive=True")
-
-    def _generate_sequential(self, x: Tensor, known: Tensor | None, cond: Tensor | None,
-                             generator: torch.Generator | None, temperature: float, top_k: int | None,
-                             top_p: float | None, progress: bool, order: OrderSpec | None) -> Tensor:
-        """The reference: `autoregressive_fill` with an `OrderStepper`, one call per sub-pixel."""
-        from argen.sampling.naive import autoregressive_fill
-
-        positions = resolve_order(self.generation_order() if order is None else order, *self.spatial_shape)
-        if positions.dim() != 2:
-            raise ValueError(f"naive sampling walks one order for the whole batch: expected an (H*W, 2) order, "
-                             f"given per-example orders of shape {tuple(positions.shape)}")
-        stepper = OrderStepper(self, cond, positions, known)
-        was_training = self.training
-        self.eval()
-        try:
-            return autoregressive_fill(self, x, known, cond, stepper, generator=generator, temperature=temperature,
-                                       top_k=top_k, top_p=top_p, progress=progress,
-                                       order=[tuple(p) for p in positions.tolist()])
-        finally:
-            self.train(was_training)
-
-    def _generate_parallel(self, x: Tensor, known: Tensor | None, cond: Tensor | None,
-                           generator: torch.Generator | None, temperature: float, top_k: int | None,
-                           top_p: float | None, progress: bool, steps: int | None, order: OrderSpec | None) -> Tensor:
-        b, d, n_stages = x.shape[0], self.num_dims, self.num_stages
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int)
-                                  or not n_stages <= steps <= n_stages * d):
-            raise ValueError(f"steps must be None or an integer in [{n_stages}, {n_stages * d}], given {steps!r}")
-        gdev = generator.device if generator is not None else x.device
-        known_dims = (torch.zeros(b, d, dtype=torch.bool, device=x.device) if known is None
-                      else known[:, None].expand(x.shape).reshape(b, d))
-        flat = x.view(b, d)
-        flat.masked_fill_(~known_dims, 0)  # unknown bits start at zero and are OR-ed in digit by digit
-        starts = known_dims.sum(1)
-        plans = {int(s0): self._plan(int(s0), steps) for s0 in starts.unique()}
-        base_rank = None if order is None else self.dim_ranks(order, b).double()
-        was_training = self.training
-        self.eval()
-        try:
-            n_calls = max(sum(len(p) - 1 for p in plan) for plan in plans.values())
-            bar = tqdm(total=n_calls, desc="sampling", disable=not progress, leave=False)
-            for s in range(n_stages):
-                width = max(len(plan[s]) for plan in plans.values())
-                bounds = torch.tensor([plans[int(s0)][s] + [d] * (width - len(plans[int(s0)][s])) for s0 in starts],
-                                      dtype=torch.long, device=x.device)  # (B, calls + 1), padded with D
-                key = (torch.rand(b, d, generator=generator, device=gdev).to(x.device).double()
-                       if base_rank is None else base_rank)
-                sigma = (key - 2.0 * d * known_dims.double()).argsort(dim=1, stable=True)  # known dims first
-                rank = sigma.argsort(1)
-                stage = torch.full((b,), s, dtype=torch.long, device=x.device)
-                for j in range(width - 1):
-                    lo, hi = bounds[:, j], bounds[:, j + 1]
-                    active = torch.nonzero(hi > lo).flatten()
-                    if active.numel() == 0:
-                        continue
-                    known_now = (rank[active] < lo[active, None]).view(-1, *self.data_shape)
-                    table = self.step_log_probs(x[active], known_now, stage[active],
-                                                None if cond is None else cond[active])
-                    table = rearrange(table, "n c k h w -> n (c h w) k")
-                    size = hi[active] - lo[active]
-                    for m in range(int(size.max())):
-                        u = torch.rand(b, generator=generator, device=gdev).to(x.device)
-                        rows = torch.nonzero(size > m).flatten()
-                        ex = active[rows]
-                        dims = sigma[ex, lo[ex] + m]
-                        logits = process_logits(table[rows, dims], temperature, top_k, top_p)
-                        value = draw(logits, u[ex])
-                        flat[ex, dims] |= value << self.stages.low[s + 1]
-                    bar.update(1)
-            bar.close()
-        finally:
-            self.train(was_training)
-        return x
+        return fill_unrecorded(values, counts).view(s, d)

@@ -11,13 +11,12 @@ after). The layer itself lives in `argen.nn.gated`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor, nn
 
 from argen.distributions import Categorical
 from argen.fields import spec
-from argen.models.base import ARModel, ModelConfig
+from argen.models.base import ARModel, Capabilities, ModelConfig
 from argen.nn import masked_output_head, scale_input
 from argen.nn.gated import GatedStackLayer
 from argen.registry import register_model
@@ -52,6 +51,8 @@ class GatedPixelCNN(ARModel):
 
     config_class = GatedPixelCNNConfig
     config: GatedPixelCNNConfig
+    #: exact cached sampling: per step only the outputs the new pixel affects are computed
+    capabilities = Capabilities(stepper_kind="conv_plan")
 
     def __init__(self, config: GatedPixelCNNConfig) -> None:
         super().__init__(config)
@@ -75,9 +76,3 @@ class GatedPixelCNN(ARModel):
             if s is not None:
                 skips = s if skips is None else skips + s
         return self.head(skips if skips is not None else h)
-
-    def stepper(self, cond: Tensor | None) -> Any:
-        """Exact cached sampling: per step only the outputs the new pixel affects are computed."""
-        from argen.sampling.cached import CachedStepper
-
-        return CachedStepper(self, cond)

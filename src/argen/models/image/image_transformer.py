@@ -33,7 +33,6 @@ logits are put back in the (B, C*L, H, W) layout of `argen.distributions.Categor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from einops import rearrange
@@ -41,7 +40,7 @@ from torch import Tensor, nn
 
 from argen.distributions import Categorical
 from argen.fields import spec
-from argen.models.base import ARModel, ModelConfig
+from argen.models.base import ARModel, Capabilities, ModelConfig
 from argen.nn import ClassEmbedding
 from argen.nn.attention import AttentionPattern, CausalPattern, DecodeWindow, Local1DPattern, Local2DPattern
 from argen.nn.transformer import Transformer, TransformerCache
@@ -98,6 +97,9 @@ class ImageTransformer(ARModel):
 
     config_class = ImageTransformerConfig
     config: ImageTransformerConfig
+    #: exact cached sampling: prefill what is known, then decode one slot per sub-pixel from the
+    #: static KV caches (`embed`, `trunk`, `new_cache` and `pattern` are what the sampler uses)
+    capabilities = Capabilities(stepper_kind="kv_cache")
     slot_pixel: Tensor
     slot_channel: Tensor
     unslot: Tensor
@@ -195,13 +197,6 @@ class ImageTransformer(ARModel):
     def new_cache(self, batch: int) -> TransformerCache:
         """A static KV cache over all N slots for `batch` images, in the model's dtype and device."""
         return self.decoder.new_cache(batch)
-
-    def stepper(self, cond: Tensor | None) -> Any:
-        """Exact cached sampling: prefill what is known, then decode one slot per sub-pixel from
-        the static KV caches (`argen.sampling.transformer_cache`)."""
-        from argen.sampling.transformer_cache import TransformerStepper
-
-        return TransformerStepper(self, cond)
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         logits = self.trunk(self.embed(x, cond))  # (B, N, L) in slot order

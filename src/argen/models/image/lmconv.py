@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from argen.distributions import Categorical
 from argen.distributions.logistic_mixture import DiscretizedLogisticMixture
 from argen.fields import spec
-from argen.models.base import ARModel, ModelConfig, check_flag, check_generate_options
+from argen.models.base import ARModel, Capabilities, ModelConfig, check_flag
 from argen.nn import scale_input
 from argen.nn.locally_masked import LocallyMaskedConv2d, OrderMasks
 from argen.nn.shifted import GatedResidualBlock, concat_elu
@@ -53,8 +53,6 @@ from argen.orders import (
     resolve_order,
 )
 from argen.registry import register_model
-from argen.sampling.cached import CachedStepper
-from argen.sampling.naive import NaiveStepper, autoregressive_fill
 
 HEADS = ("logistic_mixture", "categorical")
 
@@ -83,6 +81,9 @@ class LMConvConfig(ModelConfig):
                 f"condition G on R); given {self.image_shape[0]} channels: use head='logistic_mixture'"
             )
 
+    def distribution_class(self) -> type[Categorical] | type[DiscretizedLogisticMixture]:
+        return Categorical if self.head == "categorical" else DiscretizedLogisticMixture
+
 
 def ensemble_orders(order: str, variant: int, n: int) -> list[tuple[str, int]]:
     """The n orders of an ensemble: the default order, its other 7 variants, then the variants of
@@ -105,6 +106,11 @@ class LMConv(ARModel):
 
     config_class = LMConvConfig
     config: LMConvConfig
+    #: exact cached sampling in any order (per step, each layer computes its output at the next
+    #: pixel only); forward / log_prob take `order=`; completion walks `completion_order(mask)`,
+    #: the known pixels first (examples sharing a mask together, with the cached stepper for that
+    #: order); `log_prob_ensemble` averages the likelihood over `eval_orders(n)`
+    capabilities = Capabilities(stepper_kind="conv_plan", any_order=True, order_ensembles=True)
 
     def __init__(self, config: LMConvConfig) -> None:
         super().__init__(config)
@@ -169,11 +175,6 @@ class LMConv(ARModel):
             h = blk(h, aux=skips.pop(), cond=cond)
         return self.output(concat_elu(h))
 
-    def stepper(self, cond: Tensor | None) -> CachedStepper:
-        """Exact cached sampling in the default order: per step, each layer computes its output at
-        the next pixel only (one gather of its unmasked taps and one matmul)."""
-        return CachedStepper(self, cond)
-
     # ----- likelihood --------------------------------------------------------------------------
     def log_prob(self, x: Tensor, cond: Tensor | None = None, reduce: bool = True,
                  order: OrderSpec | None = None) -> Tensor:
@@ -208,47 +209,3 @@ class LMConv(ARModel):
             raise ValueError("expected at least one order, given none")
         lps = torch.stack([self.log_prob(x, cond, order=spec) for spec in specs])  # (n, B)
         return torch.logsumexp(lps, 0) - math.log(len(specs))
-
-    # ----- completion ------------------------------------------------------------------------------
-    @torch.no_grad()
-    def complete(
-        self,
-        x: Tensor,
-        known: Tensor,
-        cond: Tensor | None = None,
-        *,
-        generator: torch.Generator | None = None,
-        temperature: float = 1.0,
-        top_k: int | None = None,
-        top_p: float | None = None,
-        progress: bool = False,
-        naive: bool = False,
-    ) -> Tensor:
-        """Fill the pixels where `known` (B, H, W) or (H, W) is False, conditioning on the known ones.
-
-        Examples sharing a mask are completed together in `completion_order(mask)` (with the cached
-        stepper for that order; `naive=True`: the reference one); groups run one after another in the
-        order of their first example.
-        """
-        self.check_input(x, cond)
-        check_generate_options(generator, temperature, top_k, top_p, progress, naive)
-        known = self.check_known(known, x.shape[0])
-        out = x.clone()
-        masks, group = torch.unique(known.flatten(1), dim=0, return_inverse=True)
-        first = [int((group == g).nonzero()[0]) for g in range(len(masks))]
-        was_training = self.training
-        self.eval()
-        try:
-            for g in sorted(range(len(masks)), key=first.__getitem__):
-                idx = (group == g).nonzero().squeeze(1)
-                mask = masks[g].view(self.spatial_shape)
-                order = self.completion_order(mask)
-                sub_cond = cond[idx] if cond is not None else None
-                stepper = NaiveStepper(self, sub_cond, order=order) if naive else CachedStepper(self, sub_cond, order)
-                out[idx] = autoregressive_fill(
-                    self, out[idx], known[idx], sub_cond, stepper, generator=generator, temperature=temperature,
-                    top_k=top_k, top_p=top_p, progress=progress, order=[tuple(p) for p in order.tolist()],
-                )
-        finally:
-            self.train(was_training)
-        return out

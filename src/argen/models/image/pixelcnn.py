@@ -7,13 +7,12 @@ place (Gated PixelCNN removes it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from torch import Tensor, nn
 
 from argen.distributions import Categorical
 from argen.fields import spec
-from argen.models.base import ARModel, ModelConfig
+from argen.models.base import ARModel, Capabilities, ModelConfig
 from argen.nn import ClassEmbedding, MaskedConv2d, masked_output_head, scale_input
 from argen.registry import register_model
 
@@ -57,6 +56,8 @@ class PixelCNN(ARModel):
 
     config_class = PixelCNNConfig
     config: PixelCNNConfig
+    #: exact cached sampling: per step only the outputs the new pixel affects are computed
+    capabilities = Capabilities(stepper_kind="conv_plan")
 
     def __init__(self, config: PixelCNNConfig) -> None:
         super().__init__(config)
@@ -73,9 +74,3 @@ class PixelCNN(ARModel):
         if bias is not None:
             h = h + bias
         return self.head(self.blocks(h))
-
-    def stepper(self, cond: Tensor | None) -> Any:
-        """Exact cached sampling: per step only the outputs the new pixel affects are computed."""
-        from argen.sampling.cached import CachedStepper
-
-        return CachedStepper(self, cond)

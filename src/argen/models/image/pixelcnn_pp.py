@@ -13,7 +13,6 @@ linearly on the earlier channels), so the network never needs channel masks.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +20,7 @@ from torch import Tensor, nn
 
 from argen.distributions.logistic_mixture import DiscretizedLogisticMixture
 from argen.fields import spec
-from argen.models.base import ARModel, ModelConfig
+from argen.models.base import ARModel, Capabilities, ModelConfig
 from argen.nn import scale_input
 from argen.nn.shifted import (
     DownRightShiftedConv2d,
@@ -58,6 +57,9 @@ class PixelCNNppConfig(ModelConfig):
         if h % 4 or w % 4:
             raise ValueError(f"pixelcnn_pp needs H and W divisible by 4 (two stride-2 downsamplings), given {h}x{w}")
 
+    def distribution_class(self) -> type[DiscretizedLogisticMixture]:
+        return DiscretizedLogisticMixture  # at most 256 levels
+
 
 @register_model("pixelcnn_pp", tiny=dict(filters=4, blocks_per_stage=1, components=2))
 class PixelCNNpp(ARModel):
@@ -65,6 +67,8 @@ class PixelCNNpp(ARModel):
 
     config_class = PixelCNNppConfig
     config: PixelCNNppConfig
+    #: exact cached sampling: per step only the outputs the new pixel affects are computed
+    capabilities = Capabilities(stepper_kind="conv_plan")
 
     def __init__(self, config: PixelCNNppConfig) -> None:
         super().__init__(config)
@@ -123,9 +127,3 @@ class PixelCNNpp(ARModel):
                 ul = bul(ul, torch.cat([u, uls.pop()], dim=1), cond=cond)
         assert not us and not uls, "every up-pass output is consumed exactly once"
         return self.out(F.elu(ul))
-
-    def stepper(self, cond: Tensor | None) -> Any:
-        """Exact cached sampling: per step only the outputs the new pixel affects are computed."""
-        from argen.sampling.cached import CachedStepper
-
-        return CachedStepper(self, cond)

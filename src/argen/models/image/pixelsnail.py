@@ -22,7 +22,6 @@ the channels of a pixel jointly, so no channel masks are needed. No downsampling
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,13 +29,11 @@ from torch import Tensor, nn
 
 from argen.distributions.logistic_mixture import DiscretizedLogisticMixture
 from argen.fields import spec
-from argen.models.base import ARModel, ModelConfig
+from argen.models.base import ARModel, Capabilities, ModelConfig
 from argen.nn import scale_input
 from argen.nn.attention import CausalPattern, MultiHeadAttention, map_attention
 from argen.nn.shifted import DownRightShiftedConv2d, DownShiftedConv2d, GatedResidualBlock, down_shift, right_shift
 from argen.registry import register_model
-
-torch.fx.wrap("map_attention")  # one node when traced: the cached sampler has a cached version of it
 
 
 @dataclass
@@ -52,6 +49,9 @@ class PixelSNAILConfig(ModelConfig):
     value_dim: int = spec(64, ge=1)  # per head
     components: int = spec(5, ge=1)
     dropout: float = spec(0.1, ge=0.0, lt=1.0)
+
+    def distribution_class(self) -> type[DiscretizedLogisticMixture]:
+        return DiscretizedLogisticMixture  # at most 256 levels
 
 
 def _conv1x1(in_ch: int, out_ch: int) -> nn.Module:
@@ -91,6 +91,9 @@ class PixelSNAIL(ARModel):
 
     config_class = PixelSNAILConfig
     config: PixelSNAILConfig
+    #: exact cached sampling: per step only the outputs the new pixel affects are computed, and
+    #: each attention query reads a growing cache of projected keys/values
+    capabilities = Capabilities(stepper_kind="conv_plan")
     coords: Tensor
 
     def __init__(self, config: PixelSNAILConfig) -> None:
@@ -129,10 +132,3 @@ class PixelSNAIL(ARModel):
                 ul = block(ul, cond=cond)
             ul = attn(xs, ul, coords, self.pattern, cond)
         return self.out(F.elu(ul))
-
-    def stepper(self, cond: Tensor | None) -> Any:
-        """Exact cached sampling: per step only the outputs the new pixel affects are computed, and
-        each attention query reads a growing cache of projected keys/values."""
-        from argen.sampling.cached import CachedStepper
-
-        return CachedStepper(self, cond)
