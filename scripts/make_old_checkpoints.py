@@ -23,7 +23,8 @@ for name in argen.list_models():
             torch.manual_seed(0)
             m = argen.create_model(name, image_shape=shape, levels=levels, **kw).eval()
         except ValueError as e:
-            print("skip", name, shape, e); continue
+            print("skip", name, shape, e)
+            continue
         tag = f"{name}-{shape[0]}x{shape[1]}x{shape[2]}-{levels}"
         if tag == "ardm-3x4x4-256":  # 640 KB: the grey ARDM covers the family
             continue
