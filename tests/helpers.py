@@ -4,17 +4,28 @@ from __future__ import annotations
 import torch
 
 import argen
-from argen.registry import tiny_kwargs
+from argen.registry import tiny_variants
 
 # (channels, H, W, levels) tried in order; a model that cannot take a shape says so with ValueError.
 SHAPES = [(1, 5, 6, 4), (3, 4, 4, 4)]
+# the level extremes, run as well wherever they fit: binary data and 8-bit grey
+EXTRA = [(1, 4, 4, 2), (1, 4, 4, 256)]
 
 
-def make_tiny(name: str, image_shape: tuple[int, int, int], levels: int, **extra) -> argen.models.ARModel | None:
-    """The model in its tiny config at this shape, or None when it rejects the shape."""
-    kw = tiny_kwargs(name)
+def model_keys() -> list[str]:
+    """Every registered model and each of its tiny variants: "name" or "name:variant"."""
+    return [name if not v else f"{name}:{v}" for name in argen.list_models() for v in tiny_variants(name)]
+
+
+def split_key(key: str) -> tuple[str, dict]:
+    name, _, variant = key.partition(":")
+    return name, tiny_variants(name)[variant]
+
+
+def make_tiny(key: str, image_shape: tuple[int, int, int], levels: int, **extra) -> argen.models.ARModel | None:
+    """The model ("name" or "name:variant") in its tiny config at this shape, or None when it rejects the shape."""
+    name, kw = split_key(key)
     kw.update(extra)
-    kw.setdefault("image_shape", image_shape)
     kw["image_shape"] = image_shape
     kw["levels"] = levels
     try:
@@ -24,15 +35,15 @@ def make_tiny(name: str, image_shape: tuple[int, int, int], levels: int, **extra
     return model.eval()
 
 
-def tiny_shapes(name: str) -> list[tuple[tuple[int, int, int], int]]:
+def tiny_shapes(key: str) -> list[tuple[tuple[int, int, int], int]]:
     """Shapes the conformance suite runs a model at (its own, if the defaults do not fit)."""
     shapes = [((c, h, w), lv) for c, h, w, lv in SHAPES]
-    fitting = [s for s in shapes if make_tiny(name, *s) is not None]
+    fitting = [s for s in shapes if make_tiny(key, *s) is not None]
     if not fitting:  # e.g. models that need sizes divisible by 4
         fitting = [((1, 8, 8), 4), ((3, 8, 8), 4)]
-        fitting = [s for s in fitting if make_tiny(name, *s) is not None]
-    assert fitting, f"{name} accepts none of the conformance shapes"
-    return fitting
+        fitting = [s for s in fitting if make_tiny(key, *s) is not None]
+    assert fitting, f"{key} accepts none of the conformance shapes"
+    return fitting + [((c, h, w), lv) for c, h, w, lv in EXTRA if make_tiny(key, (c, h, w), lv) is not None]
 
 
 def random_images(model, batch: int, seed: int = 0) -> torch.Tensor:

@@ -23,12 +23,19 @@ class ModelEntry:
     description: str
     tiny: dict[str, Any] = field(default_factory=dict)
     modality: str = "image"  # "image" or "video"
+    #: named tiny variants (hyperparameters over `tiny`) the conformance suite also runs
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def register_model(
-    name: str, *, tiny: dict[str, Any] | None = None, description: str = "", modality: str = "image"
+    name: str, *, tiny: dict[str, Any] | None = None, description: str = "", modality: str = "image",
+    variants: dict[str, dict[str, Any]] | None = None,
 ) -> Callable[[T], T]:
-    """Class decorator that registers a model under `name` (must be unique)."""
+    """Class decorator that registers a model under `name` (must be unique).
+
+    `variants`: named sets of hyperparameters over `tiny` (e.g. other attention patterns) that the
+    conformance suite runs as well, so every configuration path of a family is checked.
+    """
 
     def deco(cls: T) -> T:
         if name in _REGISTRY:
@@ -36,7 +43,7 @@ def register_model(
         if not hasattr(cls, "config_class"):
             raise TypeError(f"{cls!r} needs a `config_class` dataclass attribute to be registered")
         doc = description or next(iter((cls.__doc__ or "").strip().splitlines()), "")
-        _REGISTRY[name] = ModelEntry(name, cls, doc, dict(tiny or {}), modality)
+        _REGISTRY[name] = ModelEntry(name, cls, doc, dict(tiny or {}), modality, {k: dict(v) for k, v in (variants or {}).items()})
         cls.model_name = name  # type: ignore[attr-defined]
         return cls
 
@@ -86,3 +93,9 @@ def create_model(name: str, **kwargs: Any) -> Any:
 def tiny_kwargs(name: str) -> dict[str, Any]:
     """The tiny configuration a model registered for tests (hyperparameters only)."""
     return dict(get_entry(name).tiny)
+
+
+def tiny_variants(name: str) -> dict[str, dict[str, Any]]:
+    """The tiny configuration ("") and each registered variant, as full hyperparameter dicts."""
+    entry = get_entry(name)
+    return {"": dict(entry.tiny), **{k: {**entry.tiny, **v} for k, v in entry.variants.items()}}

@@ -124,7 +124,8 @@ class BitStages:
         return (full < self._table(self.n_prefix[1:], stage)[..., None]) & (d < self._table(self.digits, stage)[..., None])
 
 
-@register_model("ardm", tiny=dict(hidden=16, channel_mults=(1,), blocks_per_level=1, attention=False, embed_dim=4))
+@register_model("ardm", tiny=dict(hidden=16, channel_mults=(1,), blocks_per_level=1, attention=False, embed_dim=4),
+                variants={"upscale": dict(upscale_bits=1), "attention": dict(attention=True)})
 class ARDM(ARModel):
     """Autoregressive Diffusion Model: order-agnostic (or bit-upscaling) with parallel sampling."""
 

@@ -91,6 +91,8 @@ def make_pattern(cfg: ImageTransformerConfig) -> AttentionPattern:
     "image_transformer",
     tiny=dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, dropout=0.0, block_length=4, memory_length=4,
               block_h=2, block_w=2, memory_h=1, memory_w=1),
+    variants={"local2d": dict(attention="local2d"), "full": dict(attention="full"),
+              "sinusoidal": dict(pos_embedding="sinusoidal")},
 )
 class ImageTransformer(ARModel):
     """Image Transformer: decoder-only transformer over sub-pixels with local 1D/2D or full attention."""

@@ -100,6 +100,7 @@ def ensemble_orders(order: str, variant: int, n: int) -> list[tuple[str, int]]:
 @register_model(
     "lmconv",
     tiny=dict(hidden=8, kernel_size=3, dilations=(1, 2), blocks_per_stage=1, components=2),
+    variants={"categorical": dict(head="categorical"), "hilbert": dict(order="hilbert", variant=3)},
 )
 class LMConv(ARModel):
     """LMConv: locally masked convolutions, any generation order, ensembles and order-aware completion."""
