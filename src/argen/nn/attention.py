@@ -406,9 +406,9 @@ def map_attention(attn: MultiHeadAttention, pattern: AttentionPattern, x: Tensor
     """`attn` between the pixels of (B, C, H, W) feature maps (raster positions): x (B, dim, H, W),
     kv (B, kv_dim, H, W) or None (= x) -> (B, out_dim, H, W).
 
-    A model that calls this (after `torch.fx.wrap("map_attention")` in its own module) is traced
-    by the cached sampler (argen.sampling.cached) as one layer whose query at pixel p reads the
-    key/value map only where `pattern.allowed(p, .)` holds.
+    Registered as an fx leaf in `argen.nn`, so the conv planner (`argen.sampling.conv_plan`) traces
+    it as one layer whose query at pixel p reads the key/value map only where `pattern.allowed(p, .)`
+    holds; a model just calls it.
     """
     seq = "b c h w -> b (h w) c"
     out = attn(rearrange(x, seq), pattern, kv=None if kv is None else rearrange(kv, seq))
