@@ -29,6 +29,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from argen.orders import resolve_order
+from argen.positions import at
 from argen.sampling import ardm_schedule
 from argen.sampling.config import SamplingConfig
 from argen.sampling.logits import draw, process_logits
@@ -58,7 +59,7 @@ class OrderStepper:
         known = (rank < rank[(channel, *pos)]).expand(x.shape)
         if self.known is not None:
             known = known | self.known.to(x.device)
-        return self.model(x, self.cond, known=known)[(slice(None), slice(None), *pos)]
+        return at(self.model(x, self.cond, known=known), pos)
 
     def skip(self, x: Tensor, pos: tuple[int, ...]) -> None:
         pass

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from argen.positions import at, channels_first, put
 from argen.sampling.config import SamplingConfig
 from argen.sampling.logits import classifier_free_guidance, draw, process_logits
 
@@ -39,7 +40,7 @@ class NaiveStepper:
     def params_at(self, x: Tensor, pos: tuple[int, ...], channel: int) -> Tensor:
         if channel == 0 or self.rerun_each_channel or self._params is None:
             self._params = self.model(x, self.cond, **self.forward_kwargs)
-        return self._params[(slice(None), slice(None), *pos)]
+        return at(self._params, pos)
 
     def skip(self, x: Tensor, pos: tuple[int, ...]) -> None:
         self._params = None
@@ -92,6 +93,7 @@ def autoregressive_fill(
     dist = model.distribution
     order = model.generation_order() if order is None else order
     batch = x.shape[0]
+    xc = channels_first(x)  # (B, C, *positions) view: writes reach x (video data is (B, T, C, H, W))
     for pos in tqdm(order, desc="sampling", disable=not config.progress, leave=False):
         index = (slice(None), *pos)
         keep = known[index] if known is not None else None  # (B,) bool
@@ -100,22 +102,21 @@ def autoregressive_fill(
             if uncond_stepper is not None:
                 uncond_stepper.skip(x, pos)
             continue
-        x[(slice(None), slice(None), *pos)] = torch.where(
-            keep[:, None], x[(slice(None), slice(None), *pos)], 0) if keep is not None else 0
+        put(xc, pos, torch.where(keep[:, None], at(xc, pos), 0) if keep is not None else 0)
         for c in range(model.channels):
             params = stepper.params_at(x, pos, c)
-            table = dist.conditionals(params, x[(slice(None), slice(None), *pos)])[:, c]  # (B, L)
+            table = dist.conditionals(params, at(xc, pos))[:, c]  # (B, L)
             if choose is not None:
                 value = choose(table, pos, c)
             else:
                 if uncond_stepper is not None and config.cfg_scale != 1.0:
                     params_u = uncond_stepper.params_at(x, pos, c)
-                    table_u = dist.conditionals(params_u, x[(slice(None), slice(None), *pos)])[:, c]
+                    table_u = dist.conditionals(params_u, at(xc, pos))[:, c]
                     table = classifier_free_guidance(table, table_u, config.cfg_scale)
                 logits = process_logits(table, temperature, top_k, top_p)
                 u = torch.rand(batch, generator=generator, device=generator.device if generator else x.device)
                 value = draw(logits, u.to(x.device))
             if keep is not None:
-                value = torch.where(keep, x[(slice(None), c, *pos)], value)
-            x[(slice(None), c, *pos)] = value
+                value = torch.where(keep, at(xc, pos, channel=c), value)
+            put(xc, pos, value, channel=c)
     return x
