@@ -217,3 +217,12 @@ def test_fid_command_matches_the_python_api(run, tmp_path, capsys):
     record = json.loads(out.read_text())
     assert record["n"] == 4 and record["reference_n"] == 40
     assert record["fid_mnist"] == pytest.approx(expect["fid_mnist"], rel=1e-9)
+
+
+def test_train_out_that_is_a_file_is_a_usage_error(tmp_path, capsys):
+    f = tmp_path / "exfile"
+    f.write_text("x")
+    assert main(["train", "pixelcnn", "--steps", "1", "--out", str(f)]) == 2
+    err = capsys.readouterr()
+    assert "is a file, expected a run directory" in err.err and "training" not in err.out
+    assert f.read_text() == "x"

@@ -174,6 +174,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     layers.append({"train": {k: v for k, v in flags.items() if v is not None}})
 
     run_dir = Path(args.out or f"runs/{args.model}-{_data_slug(args.data or 'mnist')}")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"--out {str(run_dir)!r} is a file, expected a run directory (new or holding a run)")
     if args.resume and args.overwrite:
         raise ValueError("--resume and --overwrite exclude each other")
     resume = args.resume and has_checkpoint(run_dir)
@@ -414,7 +416,7 @@ def register_sample(sub: Any) -> None:
     p.add_argument("run", help="run directory written by `argen train`")
     p.add_argument("-n", "--num", type=int_arg(ge=1), default=64, help="number of samples (default: 64)")
     p.add_argument("-o", "--output", default="samples.png",
-                   help=f"output image, one of {', '.join(IMAGE_SUFFIXES)} (default: samples.png)")
+                   help=f"output image, one of {', '.join(IMAGE_SUFFIXES)}; an existing file is replaced atomically (default: samples.png)")
     p.add_argument("--class", dest="klass", type=int_arg(ge=0), default=None, metavar="K",
                    help="class label for every sample (class-conditional models; default: cycle 0..C-1)")
     p.add_argument("--nrow", type=int_arg(ge=1), default=None, help="images per grid row")
@@ -478,7 +480,8 @@ def register_complete(sub: Any) -> None:
     p.add_argument("--mask", required=True, choices=MASKS, help="the region to hide and fill in")
     p.add_argument("-n", "--num", type=int_arg(ge=1), default=8, help="number of images (default: 8)")
     p.add_argument("-o", "--output", default="completions.png",
-                   help=f"output image, one of {', '.join(IMAGE_SUFFIXES)} (default: completions.png)")
+                   help=f"output image, one of {', '.join(IMAGE_SUFFIXES)}; an existing file is replaced "
+                        "atomically (default: completions.png)")
     p.add_argument("--data", default=None, help="dataset (default: the one the run trained on)")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files, where it needs one")
     p.add_argument("--split", default="test", help="split the images come from (default: test)")
