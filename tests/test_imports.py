@@ -17,21 +17,15 @@ def module_names() -> dict[str, Path]:
 
 
 @functools.lru_cache(maxsize=1)
-def import_graph() -> dict[str, set[str]]:
-    """module -> argen modules it imports anywhere in its body (lazy imports included)."""
-    mods = module_names()
-
-    def resolve(name: str) -> str:
-        while name and name not in mods:
-            name = name.rpartition(".")[0]
-        return name
-
-    graph: dict[str, set[str]] = {m: set() for m in mods}
-    for m, p in mods.items():
+def import_records() -> list[tuple[str, str, list[str], int]]:
+    """(importing module, imported module, imported names ([] for `import x`), line) for every
+    import of an argen module anywhere in a module's body (lazy imports included)."""
+    out = []
+    for m, p in module_names().items():
         pkg = m if p.name == "__init__.py" else m.rpartition(".")[0]
         for node in ast.walk(ast.parse(p.read_text())):
             if isinstance(node, ast.Import):
-                graph[m] |= {resolve(a.name) for a in node.names if a.name.startswith("argen")}
+                out += [(m, a.name, [], node.lineno) for a in node.names if a.name.split(".")[0] == "argen"]
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
@@ -39,8 +33,31 @@ def import_graph() -> dict[str, set[str]]:
                     for _ in range(node.level - 1):
                         anchor = anchor.rpartition(".")[0]
                     base = anchor + ("." + node.module if node.module else "")
-                if base.startswith("argen"):
-                    graph[m] |= {f"{base}.{a.name}" if f"{base}.{a.name}" in mods else resolve(base) for a in node.names}
+                if base.split(".")[0] == "argen":
+                    out.append((m, base, [a.name for a in node.names], node.lineno))
+    return out
+
+
+def import_targets(base: str, names: list[str], mods: dict[str, Path]) -> list[str]:
+    """Modules an import reaches: `from a.b import c` is module a.b.c when that exists, else a.b
+    (a name that is not a module resolves to the longest module prefix)."""
+    def resolve(name: str) -> str:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        return name
+
+    if not names:
+        return [resolve(base)]
+    return [f"{base}.{n}" if f"{base}.{n}" in mods else resolve(base) for n in names]
+
+
+@functools.lru_cache(maxsize=1)
+def import_graph() -> dict[str, set[str]]:
+    """module -> argen modules it imports anywhere in its body (lazy imports included)."""
+    mods = module_names()
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, base, names, _ in import_records():
+        graph[m] |= set(import_targets(base, names, mods))
     return graph
 
 

@@ -36,7 +36,7 @@ from argen.runs import (  # noqa: F401 - re-exported: the command modules' share
 )
 from argen.runs import add_device_argument as _add_device
 from argen.runs import device_arg as _device
-from argen.runs import is_main_process as _is_main_process  # noqa: F401
+from argen.runs import is_main_process as _is_main_process
 
 #: Modules contributing subcommands; each defines `register(subparsers) -> None`.
 COMMAND_MODULES: list[str] = ["argen.compress.commands", "argen.metrics.commands"]

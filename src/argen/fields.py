@@ -272,30 +272,19 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
             return value.lower() in ("true", "yes", "on", "1")
         raise ValueError(f"{where}: expected true or false, given {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ValueError(f"{where}: expected an integer, given {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value.strip())
-            except ValueError:
-                pass
-        raise ValueError(f"{where}: expected an integer, given {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ValueError(f"{where}: expected a number, given {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value.strip())
-            except ValueError:
-                pass
-        raise ValueError(f"{where}: expected a number, given {value!r}")
+    if tp is int or tp is float:
+        word = "an integer" if tp is int else "a number"
+        if not isinstance(value, bool):
+            if isinstance(value, int) or (tp is float and isinstance(value, float)):
+                return tp(value)
+            if tp is int and isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, str):
+                try:
+                    return tp(value.strip())
+                except ValueError:
+                    pass
+        raise ValueError(f"{where}: expected {word}, given {value!r}")
     if tp is str:
         if isinstance(value, str):
             return value
