@@ -111,13 +111,15 @@ def has_training_stats(model: nn.Module) -> bool:
     Such a model supplies `loss_and_stats(x, cond) -> (loss, {name: (sum, count)})` and
     `update_statistics({name: (sum, count)})`; the trainer sums the statistics over the step's
     micro-batches and over ranks, then hands them back to the model on every rank. A model that
-    declares the attribute but lacks a method is refused with a TypeError.
+    declares the attribute but lacks a method is refused with a TypeError. (A reconstruction
+    model, `objective = "reconstruction"`, returns its statistics from `phase_loss` instead.)
     """
     declared = getattr(type(model), "has_training_stats", False)
     if declared is not True and declared is not False:
         raise TypeError(f"expected {type(model).__name__}.has_training_stats to be True or False, given {declared!r}")
     if declared:
-        missing = [m for m in ("loss_and_stats", "update_statistics") if not callable(getattr(model, m, None))]
+        source = "phase_loss" if getattr(type(model), "objective", "likelihood") == "reconstruction" else "loss_and_stats"
+        missing = [m for m in (source, "update_statistics") if not callable(getattr(model, m, None))]
         if missing:
             raise TypeError(f"{type(model).__name__} declares has_training_stats but lacks {', '.join(missing)}")
     return declared
@@ -170,7 +172,8 @@ class LossModule(nn.Module):
     DDP synchronises gradients only for forward passes made through the DDP wrapper; wrapping
     this module keeps the trainer on the model's public contract (`loss`) while the forward still
     goes through DDP. A model that declares training statistics (`has_training_stats`) is called
-    through `loss_and_stats` instead, and forward returns its (loss, stats) pair.
+    through `loss_and_stats` instead, and forward returns its (loss, stats) pair; given a `phase`
+    (reconstruction models), forward returns `model.phase_loss(phase, x, step)`.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -178,7 +181,10 @@ class LossModule(nn.Module):
         self.model = model
         self.with_stats = has_training_stats(model)
 
-    def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor | tuple[Tensor, Stats]:
+    def forward(self, x: Tensor, cond: Tensor | None = None, phase: str | None = None,
+                step: int = 0) -> Tensor | tuple[Tensor, Stats]:
+        if phase is not None:  # a reconstruction model (tokenizer): one optimizer phase's loss
+            return self.model.phase_loss(phase, x, step)
         if self.with_stats:
             return self.model.loss_and_stats(x, cond)
         return self.model.loss(x, cond)

@@ -17,6 +17,14 @@ with DDP's gradient all-reduce only on the last; `compile` runs the loss through
 A model that declares training statistics (`has_training_stats`, e.g. ARDM's per-step losses)
 returns them from `loss_and_stats`; the trainer sums them over micro-batches and ranks (one
 all_reduce per step) and calls the model's `update_statistics` on every rank, so ranks agree.
+
+What is trained is declared by the module's `objective` (class attribute): "likelihood" (the AR
+models: loss in nats/dim, evaluation in exact bits/dim, sample grids) or "reconstruction" (the
+tokenizers of `argen.tokenizers`): one optimizer per declared `optimizer_phases` (a VQ-GAN's
+autoencoder and discriminator), the phases `training_phases(step)` names run in order on each
+batch through `phase_loss(phase, x, step) -> (loss, stats)`, evaluation sums `eval_stats` over
+the held-out data and reports `summarize` (MSE, PSNR, codebook usage), and the picture written
+at the end shows reconstructions. Statistics with one value (0-d) are logged as sum/count.
 """
 from __future__ import annotations
 
@@ -33,7 +41,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
@@ -56,6 +64,9 @@ STATE_FILE = "train_state.pt"
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
 TENSORBOARD_DIR = "tb"
+#: Folders a run may hold besides its files: sample grids, TensorBoard events, and for runs over a
+#: tokenizer's codes the tokenizer's copy ("tokenizer") and cached code grids ("codes").
+RUN_DIRS = (SAMPLES_DIR, TENSORBOARD_DIR, "tokenizer", "codes")
 STATE_FORMAT = "argen-train-state"
 #: Version 2 adds "digest" (SHA-256 over the whole state), "extra" and "finished"; version 3 adds
 #: "scaler" (the fp16 gradient scaler's state, None for fp32 and bf16).
@@ -69,9 +80,23 @@ RUN_FILES = (CONFIG_FILE, WEIGHTS_FILE, EMA_FILE, STATE_FILE, METRICS_FILE, "eva
 CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, EMA_FILE, STATE_FILE, METRICS_FILE)
 
 
-def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (weight decay on tensors with dim >= 2 only, the nanoGPT rule) or Adam."""
-    params = [p for p in model.parameters() if p.requires_grad]
+OBJECTIVES = ("likelihood", "reconstruction")
+
+
+def objective_of(model: nn.Module) -> str:
+    """What `model` is trained for, from its declared class attribute `objective` (AR models:
+    "likelihood"; tokenizers: "reconstruction")."""
+    objective = getattr(type(model), "objective", "likelihood")
+    if objective not in OBJECTIVES:
+        raise TypeError(f"expected {type(model).__name__}.objective to be one of {OBJECTIVES}, given {objective!r}")
+    return objective
+
+
+def build_optimizer(model: nn.Module | Iterable[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (weight decay on tensors with dim >= 2 only, the nanoGPT rule) or Adam, over a
+    module's parameters or a given list of them (one phase of a multi-optimizer model)."""
+    source = model.parameters() if isinstance(model, nn.Module) else model
+    params = [p for p in source if p.requires_grad]
     if not params:
         raise ValueError("expected a model with trainable parameters, given none")
     if config.optimizer == "adam":
@@ -292,7 +317,7 @@ def clear_run_dir(run_dir: str | os.PathLike[str]) -> None:
     for name in RUN_FILES:
         (run_dir / name).unlink(missing_ok=True)
     ckpt.remove_stale_temporaries(run_dir, RUN_FILES)
-    for name in (SAMPLES_DIR, TENSORBOARD_DIR):
+    for name in RUN_DIRS:
         if (run_dir / name).is_dir():
             shutil.rmtree(run_dir / name)
 
@@ -342,19 +367,22 @@ class Trainer:
     `read_train_state` returned, to read it only once); `resume_note` then says whether the last
     save had been interrupted and was completed, and `finished` whether the run had already ended
     (its `fit` is then a no-op). `extra` is stored in `config.json` and `train_state.pt` next to
-    the model description (the CLI records the dataset name there).
+    the model description (the CLI records the dataset name there). `render` turns samples into the
+    (pixels, levels) that sample grids show: a prior over a tokenizer's codes passes its decoder.
     """
 
     def __init__(self, model: nn.Module, train_data: Dataset, config: TrainConfig | None = None, *,
                  run_dir: str | os.PathLike[str] | None = None, eval_data: Dataset | None = None,
                  device: str | torch.device | None = "auto", resume: bool | ResumePoint = False,
-                 extra: dict[str, Any] | None = None) -> None:
+                 extra: dict[str, Any] | None = None,
+                 render: Callable[[Tensor], tuple[Tensor, int]] | None = None) -> None:
         self.config = config = config or TrainConfig()
         config.validate()
         self.device = resolve_device(device)
         self.dist = D.setup(self.device)
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self.extra = dict(extra or {})
+        self.render = render
         self.train_data, self.eval_data = train_data, eval_data
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
@@ -367,15 +395,25 @@ class Trainer:
 
         self.autocast_dtype = check_precision(config.precision, self.device)
         self.model = model.to(self.device).train()
+        self.objective = objective_of(self.model)
         self.with_stats = D.has_training_stats(self.model)
+        phases = tuple(self.model.optimizer_phases) if self.objective == "reconstruction" else ("model",)
+        if not phases or phases[0] != "model" or len(set(phases)) != len(phases):
+            raise TypeError(f"expected {type(self.model).__name__}.optimizer_phases to start with 'model' and "
+                            f"name each phase once, given {phases!r}")
+        # parameters a phase does not use (a discriminator before disc_start) must not stall DDP
+        config_unused = config.find_unused_parameters or len(phases) > 1
         # loss_module: LossModule(model), DDP-wrapped when distributed (its no_sync() is used for
         # gradient accumulation); loss_fn: the same, through torch.compile when asked. Checkpoints
         # always save self.model, the plain module.
-        self.loss_module = D.wrap_for_training(self.model, self.device, self.dist, config.find_unused_parameters)
+        self.loss_module = D.wrap_for_training(self.model, self.device, self.dist, config_unused)
         self.loss_fn = torch.compile(self.loss_module, **COMPILE_OPTIONS) if config.compile else self.loss_module
         # fp16 gradients can underflow: scale the loss (disabled, a no-op, for fp32 and bf16)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
-        self.optimizer = build_optimizer(self.model, config)
+        self.optimizers = {phase: build_optimizer(self._phase_parameters(phase), config) for phase in phases}
+        self.optimizer = self.optimizers["model"]
+        # 0-d training statistics summed since the last log line: {name: [sum, count]}
+        self._logged_stats: dict[str, list[float]] = {}
         self.ema = EMA(self.model, config.ema_decay, config.ema_warmup) if config.ema_decay is not None else None
         self.step = 0
         self.metrics: dict[str, Any] = {}
@@ -448,66 +486,101 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, enabled=False)
 
-    def train_step(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        """One optimizer update on the batch (x, y); returns the detached loss (nats/dim) and the gradient norm.
+    def _phase_parameters(self, phase: str) -> list[nn.Parameter]:
+        if self.objective == "likelihood":
+            return list(self.model.parameters())
+        return list(self.model.phase_parameters(phase))
 
-        The batch is split into micro-batches of `batch_size` (the loader yields batch_size *
-        grad_accum examples); each micro-batch's loss, divided by their number, is backpropagated
-        (through the gradient scaler under fp16), DDP all-reducing gradients only on the last.
-        Training statistics of the micro-batches are summed, all-reduced over ranks once, and
-        given to the model's `update_statistics` after the optimizer step. The returned loss is
+    def _active_phases(self) -> tuple[str, ...]:
+        if self.objective == "likelihood":
+            return ("model",)
+        phases = tuple(self.model.training_phases(self.step))
+        unknown = [p for p in phases if p not in self.optimizers]
+        if not phases or unknown:
+            raise TypeError(f"expected {type(self.model).__name__}.training_phases({self.step}) to name some of "
+                            f"{tuple(self.optimizers)}, given {phases!r}")
+        return phases
+
+    def train_step(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """One optimizer update on the batch (x, y); returns the detached loss and the gradient norm.
+
+        The loss is in nats/dim for a likelihood model, the "model" phase's loss for a
+        reconstruction model. The batch is split into micro-batches of `batch_size` (the loader
+        yields batch_size * grad_accum examples); each micro-batch's loss, divided by their number,
+        is backpropagated (through the gradient scaler under fp16), DDP all-reducing gradients only
+        on the last. Each active phase does this with its own optimizer, in order. Training
+        statistics of the micro-batches and phases are summed, all-reduced over ranks once, and
+        given to the model's `update_statistics` after the optimizer steps. The returned loss is
         the mean over the micro-batches.
         """
         x = x.to(self.device, non_blocking=True)
         cond = self._cond(y)
         self._step_rng = _rng_state(self.device)
         self._in_step = True
-        lr = lr_at(self.step, self.config)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
         if x.shape[0] == 0:
             raise ValueError(f"expected a batch of at least one example, given shape {tuple(x.shape)}")
+        lr = lr_at(self.step, self.config)
         xs = x.split(self.config.batch_size)
         conds = cond.split(self.config.batch_size) if cond is not None else [None] * len(xs)
         n = len(xs)
-        total = torch.zeros((), device=self.device)
-        stats: D.Stats | None = None
-        for i, (xi, ci) in enumerate(zip(xs, conds)):
-            with D.no_sync(self.loss_module, skip=i < n - 1):
-                with self._autocast():
-                    out = self.loss_fn(xi, ci)
-                if self.with_stats:
-                    if not (isinstance(out, tuple) and len(out) == 2):
-                        raise TypeError(f"expected {type(self.model).__name__}.loss_and_stats to return (loss, stats), "
-                                        f"given a {type(out).__name__}")
-                    loss, micro_stats = out
-                    stats = D.add_stats(stats, D.check_stats(micro_stats, type(self.model).__name__))
-                else:
-                    loss = out
-                self.scaler.scale(loss / n if n > 1 else loss).backward()
-            total = total + loss.detach().float()
-        if n > 1:
-            total = total / n
+        stats: D.Stats = {}
+        reported: tuple[Tensor, Tensor | None] | None = None
+        for phase in self._active_phases():
+            optimizer = self.optimizers[phase]
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            total = torch.zeros((), device=self.device)
+            phase_stats: D.Stats | None = None
+            for i, (xi, ci) in enumerate(zip(xs, conds)):
+                with D.no_sync(self.loss_module, skip=i < n - 1):
+                    with self._autocast():
+                        out = self.loss_fn(xi, ci) if self.objective == "likelihood" else self.loss_fn(xi, ci, phase, self.step)
+                    if self.with_stats or self.objective == "reconstruction":
+                        if not (isinstance(out, tuple) and len(out) == 2):
+                            raise TypeError(f"expected {type(self.model).__name__} to return (loss, stats) from its "
+                                            f"training loss, given a {type(out).__name__}")
+                        loss, micro_stats = out
+                        phase_stats = D.add_stats(phase_stats, D.check_stats(micro_stats, type(self.model).__name__))
+                    else:
+                        loss = out
+                    self.scaler.scale(loss / n if n > 1 else loss).backward()
+                total = total + loss.detach().float()
+            if n > 1:
+                total = total / n
+            if self.scaler.is_enabled():
+                self.scaler.unscale_(optimizer)  # clip (and report) the true gradient norm
+            grad_norm = None
+            if self.config.grad_clip is not None:
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    [p for g in optimizer.param_groups for p in g["params"]], self.config.grad_clip)
+            clash = sorted(set(stats) & set(phase_stats or {}))
+            if clash:
+                raise ValueError(f"expected distinct statistic names in each training phase, given {clash} twice")
+            stats.update(phase_stats or {})
+            self._in_update = True  # from here until the step count moves, the state is mid-update
+            if self.scaler.is_enabled():
+                self.scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+            else:
+                optimizer.step()
+            if reported is None:
+                reported = (total, grad_norm)
         if self.scaler.is_enabled():
-            self.scaler.unscale_(self.optimizer)  # clip (and report) the true gradient norm
-        grad_norm = None
-        if self.config.grad_clip is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        if stats is not None:
-            stats = D.all_reduce_stats(stats)  # every rank runs this: one collective per step
-        self._in_update = True  # from here until the step count moves, the state is mid-update
-        if self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)  # skipped when the scaled gradients overflowed
             self.scaler.update()
-        else:
-            self.optimizer.step()
-        if stats is not None:
+        if stats:
+            stats = D.all_reduce_stats(stats)  # every rank runs this: one collective per step
+            for name, (s_, c_) in stats.items():
+                if s_.dim() == 0:
+                    acc = self._logged_stats.setdefault(name, [0.0, 0.0])
+                    acc[0] += float(s_)
+                    acc[1] += float(c_)
             self.model.update_statistics(stats)
         if self.ema is not None:
             self.ema.update(self.model)  # copies buffers too: the updated statistics
         self.step += 1
         self._in_update = self._in_step = False
+        assert reported is not None
+        total, grad_norm = reported
         return total, (grad_norm.detach() if grad_norm is not None else None)
 
     def _time_is_up(self, elapsed: float, limit: float) -> bool:
@@ -619,16 +692,27 @@ class Trainer:
         nats = totals[0] / (count * world)
         if not math.isfinite(nats):
             raise FloatingPointError(f"training loss is {nats} at step {self.step}; lower train.lr or set train.grad_clip")
-        record = {
-            "step": self.step,
-            "train_bpd": float(bits_per_dim(-nats, 1)),
+        record: dict[str, Any] = {"step": self.step}
+        if self.objective == "likelihood":
+            record["train_bpd"] = float(bits_per_dim(-nats, 1))
+        else:
+            record["train_loss"] = nats
+        for name, (total, n) in sorted(self._logged_stats.items()):
+            if n > 0:
+                record[f"train_{name}"] = total / n
+        self._logged_stats = {}
+        record.update({
             "lr": lr_at(self.step - 1, self.config),
             "examples_per_s": count * self.config.batch_size * self.config.grad_accum * world / max(seconds, 1e-9),
-        }
+        })
         if self.config.grad_clip is not None:
             record["grad_norm"] = totals[1] / (count * world)
-        self.metrics["train_bpd"] = record["train_bpd"]
-        bar.set_postfix(bpd=f"{record['train_bpd']:.4f}", lr=f"{record['lr']:.2e}")
+        if self.objective == "likelihood":
+            self.metrics["train_bpd"] = record["train_bpd"]
+            bar.set_postfix(bpd=f"{record['train_bpd']:.4f}", lr=f"{record['lr']:.2e}")
+        else:
+            self.metrics["train_loss"] = record["train_loss"]
+            bar.set_postfix(loss=f"{record['train_loss']:.4f}", lr=f"{record['lr']:.2e}")
         self.log(record)
 
     def log(self, record: dict[str, Any]) -> None:
@@ -672,6 +756,8 @@ class Trainer:
         limit = self.config.eval_examples if max_examples == -1 else max_examples
         n = len(data) if limit is None else min(len(data), limit)
         shard = Subset(data, range(self.dist.rank, n, self.dist.world_size))
+        if self.objective == "reconstruction":
+            return self._evaluate_reconstruction(shard)
         total, count = 0.0, 0
         if len(shard):
             loader = DataLoader(shard, batch_size=self.config.eval_batch_size, shuffle=False,
@@ -685,8 +771,39 @@ class Trainer:
         nats = total / count
         return {"bpd": float(bits_per_dim(-nats, self.model.num_dims)), "nats": nats, "n": int(count)}
 
+    def _evaluate_reconstruction(self, shard: Dataset) -> dict[str, Any]:
+        """The model's `summarize` of its `eval_stats` summed over the shards of every rank."""
+        model = self.eval_model
+        was_training = model.training
+        model.eval()
+        stats: D.Stats | None = None
+        loader = DataLoader(shard, batch_size=self.config.eval_batch_size, shuffle=False,
+                            num_workers=self.config.num_workers) if len(shard) else [
+            (torch.zeros((0, *model.data_shape), dtype=torch.long), None)]  # an empty shard still joins the all-reduce
+        examples = 0
+        with self._full_precision():
+            for x, _ in loader:
+                stats = D.add_stats(stats, D.check_stats(model.eval_stats(x.to(self.device)), type(model).__name__))
+                examples += x.shape[0]
+        model.train(was_training)
+        assert stats is not None
+        stats = D.all_reduce_stats(stats)
+        count = int(D.all_reduce_sum([float(examples)], self.device)[0])
+        if count == 0:
+            raise ValueError("expected at least one evaluation example, given none")
+        result = {k: float(v) for k, v in model.summarize(stats).items()}
+        result["n"] = count
+        return result
+
     def evaluate_and_log(self) -> dict[str, Any]:
         result = self.evaluate()
+        if self.objective == "reconstruction":
+            self.metrics.update({f"test_{k}": v for k, v in result.items()})
+            self.log({"step": self.step, **{f"test_{k}": v for k, v in result.items() if k != "n"}})
+            if self.is_main and self.config.progress:
+                tqdm.write(f"step {self.step}: test " + ", ".join(f"{k} {v:.4g}" for k, v in result.items() if k != "n")
+                           + f" ({result['n']} examples)")
+            return result
         self.metrics.update(test_bpd=result["bpd"], test_nats=result["nats"], test_n=result["n"])
         self.log({"step": self.step, "test_bpd": result["bpd"], "test_nats": result["nats"]})
         if self.is_main and self.config.progress:
@@ -704,17 +821,40 @@ class Trainer:
         from argen.data.images import MAX_IMAGE_LEVELS, save_grid
 
         model = self.eval_model
-        if model.levels > MAX_IMAGE_LEVELS:
+        if model.levels > MAX_IMAGE_LEVELS and self.render is None:
             return None  # a token grid is not an image: nothing to show
-        n = self.config.num_samples
-        cond = sample_conditions(model.cond_spec, n, device=self.device)
-        generator = torch.Generator().manual_seed(self.config.seed)
-        with self._full_precision():
-            x = model.sample(n, cond, generator=generator)
+        n, nrow = self.config.num_samples, None
+        if self.objective == "reconstruction":
+            x, nrow = self._reconstructions(model, n)
+        else:
+            cond = sample_conditions(model.cond_spec, n, device=self.device)
+            generator = torch.Generator().manual_seed(self.config.seed)
+            with self._full_precision():
+                x = model.sample(n, cond, generator=generator)
+        levels = model.levels
+        if self.render is not None:
+            with torch.no_grad(), self._full_precision():
+                x, levels = self.render(x)
         path = self.run_dir / SAMPLES_DIR / f"step_{self.step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_grid(x.cpu(), model.levels, path)
+        save_grid(x.cpu(), levels, path, nrow=nrow)
         return path
+
+    def _reconstructions(self, model: nn.Module, n: int) -> tuple[Tensor, int]:
+        """Rows of held-out images (training images without a test split), each followed by its
+        reconstruction row: what a tokenizer's picture shows instead of samples."""
+        data = self.eval_data if self.eval_data is not None else self.train_data
+        half = max(1, min(n // 2, len(data)))
+        x = torch.stack([torch.as_tensor(data[i][0]) for i in range(half)]).to(self.device)
+        was_training = model.training
+        model.eval()
+        with self._full_precision():
+            rec = model.reconstruct(x)
+        model.train(was_training)
+        row = max(1, min(8, half))
+        half -= half % row  # whole rows only
+        pairs = [t for i in range(0, half, row) for t in (x[i:i + row], rec[i:i + row])]
+        return torch.cat(pairs), row
 
     # ----- checkpoints ---------------------------------------------------------------------
     def save_checkpoint(self, gather_rng: bool = True) -> None:
@@ -747,6 +887,9 @@ class Trainer:
                 "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "optimizer": self.optimizer.state_dict(),
+                # the other phases' optimizers (a VQ-GAN's discriminator); absent for one optimizer
+                **({"optimizers": {k: o.state_dict() for k, o in self.optimizers.items() if k != "model"}}
+                   if len(self.optimizers) > 1 else {}),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
                 "rng": rngs,
                 "world_size": self.dist.world_size,
@@ -790,6 +933,9 @@ class Trainer:
                     self.ema = EMA(self.model, self.config.ema_decay, self.config.ema_warmup)
             part = "optimizer state"
             self.optimizer.load_state_dict(state["optimizer"])
+            for phase, optimizer in self.optimizers.items():
+                if phase != "model":
+                    optimizer.load_state_dict(state["optimizers"][phase])
             part = "gradient scaler state"
             if self.scaler.is_enabled() and state.get("scaler"):  # else fp16 switched on at resume: a fresh scale
                 self.scaler.load_state_dict(state["scaler"])
