@@ -16,9 +16,14 @@ DATA = Path(__file__).parent / "data" / "checkpoints-0.1.0"
 EXPECTED = json.loads((DATA / "expected.json").read_text())
 
 
-def test_every_registered_model_has_an_old_checkpoint():
+#: The models argen 0.1.0 registered (later families have no 0.1.0 checkpoints to load).
+RELEASED_IN_0_1_0 = {"ardm", "gated_pixelcnn", "image_transformer", "lmconv", "pixelcnn", "pixelcnn_pp",
+                     "pixelrnn_diag", "pixelrnn_row", "pixelsnail"}
+
+
+def test_every_model_of_the_release_has_an_old_checkpoint():
     names = {tag.split("-")[0] for tag in EXPECTED}
-    assert names == set(argen.list_models())
+    assert names == RELEASED_IN_0_1_0 and names <= set(argen.list_models())
 
 
 @pytest.mark.parametrize("tag", sorted(EXPECTED))

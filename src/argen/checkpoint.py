@@ -123,9 +123,23 @@ def save_weights(module: nn.Module, path: Path, metadata: dict[str, str] | None 
     return atomic_write_bytes(Path(path), save_safetensors(_state_of(module), metadata=metadata))
 
 
+#: What a run directory can hold, from the saved module's declared `kind`: an AR model (built by
+#: `argen.create_model`) or a tokenizer (`argen.tokenizers.create_tokenizer`).
+KINDS = ("model", "tokenizer")
+
+
+def kind_of(module: Any) -> str:
+    """The declared `kind` of a saved module ("model" unless it says otherwise)."""
+    kind = getattr(type(module), "kind", "model")
+    if kind not in KINDS:
+        raise ValueError(f"expected a module of kind {' or '.join(KINDS)}, given {kind!r}")
+    return kind
+
+
 def describe(model: Any, step: int | None = None, **extra: Any) -> dict[str, Any]:
-    """The JSON description of a model: enough to rebuild it with `create_model`."""
-    return {
+    """The JSON description of a model: enough to rebuild it with `create_model` (or, for a
+    tokenizer, `argen.tokenizers.create_tokenizer`)."""
+    desc = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model": model.model_name,
@@ -133,6 +147,9 @@ def describe(model: Any, step: int | None = None, **extra: Any) -> dict[str, Any
         "step": step,
         **extra,
     }
+    if kind_of(model) != "model":  # descriptions of AR models stay as they were before tokenizers
+        desc["kind"] = kind_of(model)
+    return desc
 
 
 def save(model: Any, run_dir: str | os.PathLike[str], step: int | None = None, ema: nn.Module | None = None,
@@ -198,6 +215,9 @@ def check_description(desc: Any, path: Path) -> dict[str, Any]:
         ("data", lambda v: v is None or isinstance(v, str), "null or a dataset name"),
         ("data_root", lambda v: v is None or isinstance(v, str), "null or a folder"),
         (FILES_KEY, lambda v: isinstance(v, dict), "an object of file checksums"),
+        ("kind", lambda v: v in KINDS, f"one of {list(KINDS)}"),
+        ("tokenizer", lambda v: isinstance(v, dict) and isinstance(v.get("dir"), str) and v["dir"],
+         'an object {"dir": the tokenizer\'s folder in the run, ...}'),
     )
     for key, ok, expected in optional:
         if key in desc and not ok(desc[key]):
@@ -262,26 +282,36 @@ def weights_file(run_dir: str | os.PathLike[str], desc: dict[str, Any], prefer_e
     return EMA_FILE if prefer_ema and (Path(run_dir) / EMA_FILE).is_file() else WEIGHTS_FILE
 
 
-def load(run_dir: str | os.PathLike[str], device: str | torch.device | None = None, prefer_ema: bool = True) -> Any:
-    """Rebuild a model from a run directory written by `save` (EMA weights if present).
+def load(run_dir: str | os.PathLike[str], device: str | torch.device | None = None, prefer_ema: bool = True,
+         compose: bool = True) -> Any:
+    """Rebuild a model (or a tokenizer) from a run directory written by `save` (EMA weights if present).
+
+    A prior trained over a tokenizer's codes (its description names a `"tokenizer"` folder of the
+    run) loads as the two-stage `argen.models.latent.LatentModel` over images, unless
+    `compose=False` asks for the prior alone.
 
     Raises FileNotFoundError for a missing run or file and CorruptCheckpointError (a ValueError,
     message "corrupt checkpoint: ...") for a malformed description, a weights file that does not
     match its recorded checksum, unreadable weights, or weights that are NaN or infinite.
     """
-    from argen.registry import create_model, get_entry
-
     run_dir = Path(run_dir)
     desc = read_description(run_dir)
     cfg_path = run_dir / CONFIG_FILE
+    if desc.get("kind", "model") == "tokenizer":
+        from argen.tokenizers import create_tokenizer as create
+        from argen.tokenizers import get_tokenizer_entry as get_entry
+    else:
+        from argen.registry import create_model as create
+        from argen.registry import get_entry
+    what = "tokenizer" if desc.get("kind") == "tokenizer" else "model"
     try:
         get_entry(desc["model"])
     except ValueError as e:
-        raise _corrupt(cfg_path, f"names an unknown model: {e}") from None
+        raise _corrupt(cfg_path, f"names an unknown {what}: {e}") from None
     try:
-        model = create_model(desc["model"], **desc["config"])
+        model = create(desc["model"], **desc["config"])
     except (ValueError, TypeError) as e:
-        raise _corrupt(cfg_path, f"describes a model that cannot be built: {' '.join(str(e).split())}") from None
+        raise _corrupt(cfg_path, f"describes a {what} that cannot be built: {' '.join(str(e).split())}") from None
     name = weights_file(run_dir, desc, prefer_ema)
     weights = run_dir / name
     data = read_verified(run_dir, name, desc)
@@ -297,7 +327,15 @@ def load(run_dir: str | os.PathLike[str], device: str | torch.device | None = No
     except RuntimeError as e:
         raise _corrupt(weights, f"does not fit model {desc['model']!r}: {' '.join(str(e).split())}") from None
     model.checkpoint_step = desc.get("step")
-    return model.to(device) if device is not None else model
+    model = model.to(device) if device is not None else model
+    if compose and "tokenizer" in desc:
+        from argen.models.latent import LatentModel
+
+        tokenizer = load(run_dir / desc["tokenizer"]["dir"], device=device, prefer_ema=prefer_ema)
+        if kind_of(tokenizer) != "tokenizer":
+            raise _corrupt(cfg_path, f"names {desc['tokenizer']['dir']!r} as its tokenizer, which holds a model")
+        return LatentModel(tokenizer, model)
+    return model
 
 
 def weights_fingerprint(model: Any) -> str:

@@ -146,6 +146,10 @@ class ARModel(nn.Module, abc.ABC):
     has_training_stats: ClassVar[bool] = False
     #: What the family can do when generating (its stepper kind, its extra sampling options).
     capabilities: ClassVar[Capabilities] = Capabilities()
+    #: What a checkpoint of it is (`argen.checkpoint.KINDS`; tokenizers say "tokenizer").
+    kind: ClassVar[str] = "model"
+    #: What the trainer minimises (`argen.train.trainer.OBJECTIVES`): the negative log-likelihood.
+    objective: ClassVar[str] = "likelihood"
 
     distribution: PixelDistribution
 

@@ -1,0 +1,253 @@
+"""The tokenizer contract and its registry.
+
+A tokenizer maps an image batch (B, C, H, W) long in [0, levels) to a grid of discrete codes
+(B, h, w) long in [0, codebook_size) and back; a two-stage model's prior is an ordinary AR model
+over that grid. Tokenizers train by reconstruction, not likelihood (`objective`), possibly in
+several phases with one optimizer each (`optimizer_phases`: VQ-GAN's discriminator has its own),
+and may gather statistics the trainer all-reduces (`has_training_stats`: EMA codebooks).
+
+Training protocol, read by `argen.train.Trainer` (no trainer code here): per step, for each phase
+in `training_phases(step)` ("model" first), `phase_loss(phase, x, step)` gives the loss for that
+phase's optimizer over `phase_parameters(phase)` and statistics {name: (sum, count)}; the trainer
+sums them over micro-batches and ranks, logs every 0-d one as sum / count, and calls
+`update_statistics(all of them)` once after the optimizer steps. Evaluation: `eval_stats(x)` per
+held-out batch (sums), `summarize(totals)` turns the summed totals into numbers.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, TypeVar
+
+import torch
+from torch import Tensor, nn
+
+from argen.conditioning import CondSpec
+from argen.fields import spec, validate_fields
+
+Stats = dict[str, tuple[Tensor, Tensor]]
+
+#: Pixel values a tokenizer takes: 8-bit data at most (codes of codes are not images).
+MAX_PIXEL_LEVELS = 256
+
+
+@dataclass
+class TokenizerConfig:
+    """Fields every tokenizer has; subclasses add theirs, each declared with `argen.fields.spec`."""
+
+    image_shape: tuple[int, int, int] = spec((1, 28, 28), ge=1)  # (C, H, W), C in {1, 3}
+    levels: int = spec(256, ge=2, le=MAX_PIXEL_LEVELS)  # pixel levels of the data
+
+    def __post_init__(self) -> None:
+        # JSON round trips (checkpoints) turn tuples into lists; keep configs comparable.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):
+                setattr(self, f.name, tuple(value))
+
+    def validate(self) -> None:
+        """Raise ValueError naming expected and given values; subclasses add cross-field rules."""
+        validate_fields(self, "tokenizer")
+        if self.image_shape[0] not in (1, 3):
+            raise ValueError(f"tokenizer.image_shape channels must be 1 or 3, given {self.image_shape[0]}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class Tokenizer(nn.Module, abc.ABC):
+    """Images (B, C, H, W) long in [0, levels) <-> codes (B, h, w) long in [0, codebook_size)."""
+
+    config_class: ClassVar[type[TokenizerConfig]] = TokenizerConfig
+    model_name: ClassVar[str] = "?"  # set by @register_tokenizer (checkpoints record it)
+    kind: ClassVar[str] = "tokenizer"  # checkpoints record it; argen.load dispatches on it
+    objective: ClassVar[str] = "reconstruction"  # pixel models: "likelihood"
+    has_training_stats: ClassVar[bool] = False  # True for EMA codebooks
+    optimizer_phases: ClassVar[tuple[str, ...]] = ("model",)
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise ValueError(f"expected a {self.config_class.__name__}, given {type(config).__name__}")
+        config.validate()
+        self.config = config
+
+    # ----- facts ---------------------------------------------------------------------------------
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.config.image_shape)  # type: ignore[return-value]
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """What the trainer checks batches against: one image (C, H, W)."""
+        return self.image_shape
+
+    @property
+    def levels(self) -> int:
+        return self.config.levels
+
+    @property
+    @abc.abstractmethod
+    def code_shape(self) -> tuple[int, int]:
+        """(h, w) of the code grid of one image."""
+
+    @property
+    @abc.abstractmethod
+    def codebook_size(self) -> int:
+        """Codes take values in [0, codebook_size)."""
+
+    @property
+    def num_tokens(self) -> int:
+        return math.prod(self.code_shape)
+
+    @property
+    def num_dims(self) -> int:
+        return math.prod(self.image_shape)
+
+    @property
+    def cond_spec(self) -> CondSpec:
+        """Tokenizers are unconditional."""
+        return CondSpec.classes(None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ----- the contract ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def encode(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) long in [0, levels) -> (B, h, w) long codes; never updates statistics."""
+
+    @abc.abstractmethod
+    def decode(self, codes: Tensor) -> Tensor:
+        """(B, h, w) long codes -> (B, C, H, W) long in [0, levels)."""
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """decode(encode(x))."""
+        return self.decode(self.encode(x))
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise ValueError naming expected and given dtype / shape / range of an image batch."""
+        if not isinstance(x, Tensor):
+            raise ValueError(f"expected a torch.Tensor, given {type(x).__name__}")
+        if x.dtype != torch.long:
+            raise ValueError(f"expected dtype torch.long (integer pixel values), given {x.dtype}")
+        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
+            raise ValueError(f"expected shape (B, {', '.join(map(str, self.image_shape))}), given {tuple(x.shape)}")
+        if x.numel():
+            lo, hi = int(x.min()), int(x.max())
+            if lo < 0 or hi >= self.levels:
+                raise ValueError(f"expected values in [0, {self.levels - 1}], given range [{lo}, {hi}]")
+
+    def check_codes(self, codes: Tensor) -> None:
+        """Raise ValueError naming expected and given dtype / shape / range of a code batch."""
+        if not isinstance(codes, Tensor):
+            raise ValueError(f"expected a torch.Tensor of codes, given {type(codes).__name__}")
+        if codes.dtype != torch.long:
+            raise ValueError(f"expected codes of dtype torch.long, given {codes.dtype}")
+        if codes.dim() != 3 or tuple(codes.shape[1:]) != tuple(self.code_shape):
+            raise ValueError(f"expected codes of shape (B, {', '.join(map(str, self.code_shape))}), "
+                             f"given {tuple(codes.shape)}")
+        if codes.numel():
+            lo, hi = int(codes.min()), int(codes.max())
+            if lo < 0 or hi >= self.codebook_size:
+                raise ValueError(f"expected codes in [0, {self.codebook_size - 1}], given range [{lo}, {hi}]")
+
+    # ----- training protocol -------------------------------------------------------------------
+    def training_phases(self, step: int) -> tuple[str, ...]:
+        """The phases (each with its optimizer) active at `step`; "model" always, first."""
+        return ("model",)
+
+    def check_phase(self, phase: str) -> None:
+        if phase not in self.optimizer_phases:
+            raise ValueError(f"expected a phase in {list(self.optimizer_phases)}, given {phase!r}")
+
+    def phase_parameters(self, phase: str) -> list[nn.Parameter]:
+        """The parameters `phase`'s optimizer updates (by default all of them, for "model")."""
+        self.check_phase(phase)
+        return list(self.parameters())
+
+    @abc.abstractmethod
+    def phase_loss(self, phase: str, x: Tensor, step: int) -> tuple[Tensor, Stats]:
+        """The loss to backpropagate for `phase` and statistics {name: (sum, count)}."""
+
+    def update_statistics(self, stats: Stats) -> None:
+        """Fold the step's summed statistics in (EMA codebooks, restarts); unknown names are ignored."""
+
+    @abc.abstractmethod
+    def eval_stats(self, x: Tensor) -> Stats:
+        """Sums over a held-out batch (squared error and its count, code histogram, ...)."""
+
+    @abc.abstractmethod
+    def summarize(self, totals: Stats) -> dict[str, float]:
+        """Numbers from summed `eval_stats`: "mse", "psnr", "usage", "perplexity", "window_usage"."""
+
+
+# ----- registry ------------------------------------------------------------------------------------
+_REGISTRY: dict[str, "TokenizerEntry"] = {}
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class TokenizerEntry:
+    name: str
+    cls: type
+    description: str
+    tiny: dict[str, Any] = field(default_factory=dict)
+
+
+def register_tokenizer(name: str, *, tiny: dict[str, Any], description: str = "") -> Callable[[T], T]:
+    """Class decorator registering a tokenizer under `name`, with a tiny configuration for tests."""
+
+    def deco(cls: T) -> T:
+        if name in _REGISTRY:
+            raise ValueError(f"tokenizer name {name!r} is already registered by {_REGISTRY[name].cls!r}")
+        if not hasattr(cls, "config_class"):
+            raise TypeError(f"{cls!r} needs a `config_class` dataclass attribute to be registered")
+        doc = description or next(iter((cls.__doc__ or "").strip().splitlines()), "")
+        _REGISTRY[name] = TokenizerEntry(name, cls, doc, dict(tiny))
+        cls.model_name = name  # type: ignore[attr-defined]
+        return cls
+
+    return deco
+
+
+def _ensure_imported() -> None:
+    # Importing the package runs every @register_tokenizer decorator once.
+    import argen.tokenizers  # noqa: F401
+
+
+def list_tokenizers() -> list[str]:
+    """Names of all registered tokenizers, sorted."""
+    _ensure_imported()
+    return sorted(_REGISTRY)
+
+
+def get_tokenizer_entry(name: str) -> TokenizerEntry:
+    _ensure_imported()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown tokenizer {name!r}; expected one of {sorted(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def build_tokenizer_config(name: str, **kwargs: Any) -> TokenizerConfig:
+    """The config of tokenizer `name` from keyword arguments; unknown keys are a ValueError."""
+    cfg_cls = get_tokenizer_entry(name).cls.config_class
+    known = {f.name for f in dataclasses.fields(cfg_cls)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise ValueError(f"unknown hyperparameter(s) {unknown} for tokenizer {name!r}; expected some of {sorted(known)}")
+    return cfg_cls(**kwargs)
+
+
+def create_tokenizer(name: str, **kwargs: Any) -> Tokenizer:
+    """Build a registered tokenizer: `create_tokenizer("vqvae", image_shape=(1, 28, 28))`."""
+    return get_tokenizer_entry(name).cls(build_tokenizer_config(name, **kwargs))
+
+
+def tiny_tokenizer_kwargs(name: str) -> dict[str, Any]:
+    """The tiny configuration a tokenizer registered for tests (hyperparameters only)."""
+    return dict(get_tokenizer_entry(name).tiny)
