@@ -50,6 +50,9 @@ class CondSpec:
     frames: int | None = None  # kind "frames": number of context frames k
     frame_shape: tuple[int, ...] | None = None  # kind "frames": (C, H, W) of a frame (None: any)
     levels: int | None = None  # kind "frames": value levels of a frame (None: any non-negative)
+    #: kind "class": label `num_classes` is also valid, the null class classifier-free guidance runs
+    #: on (`num_classes` stays the number of real classes: `sample_conditions` never draws it)
+    null_class: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -67,6 +70,8 @@ class CondSpec:
                 "frames": ("frames", "frame_shape", "levels"), "none": ()}[self.kind]
         stray = [n for n in ("num_classes", "vocab_size", "max_len", "frames", "frame_shape", "levels")
                  if n not in used and getattr(self, n) is not None]
+        if self.null_class and self.kind != "class":
+            stray.append("null_class")
         if stray:
             raise ValueError(f"CondSpec: kind {self.kind!r} takes no {', '.join(stray)}")
 
@@ -76,9 +81,10 @@ class CondSpec:
         return cls()
 
     @classmethod
-    def classes(cls, num_classes: int | None) -> CondSpec:
-        """Class labels; `None` or 0 classes (a model built without labels) is kind "none"."""
-        return cls("class", num_classes=num_classes) if num_classes else cls()
+    def classes(cls, num_classes: int | None, null_class: bool = False) -> CondSpec:
+        """Class labels; `None` or 0 classes (a model built without labels) is kind "none".
+        `null_class`: the label `num_classes` is accepted too (a learned unconditional input)."""
+        return cls("class", num_classes=num_classes, null_class=null_class) if num_classes else cls()
 
     @classmethod
     def tokens(cls, vocab_size: int, max_len: int | None = None) -> CondSpec:
@@ -97,7 +103,8 @@ class CondSpec:
     def expected(self, batch: int | str = "B") -> str:
         """The shape and range a `cond` of this kind has, in words (for error messages)."""
         if self.kind == "class":
-            return f"torch.long labels of shape ({batch},) in [0, {self.num_classes - 1}]"
+            null = f" or the null class {self.num_classes}" if self.null_class else ""
+            return f"torch.long labels of shape ({batch},) in [0, {self.num_classes - 1}]{null}"
         if self.kind == "tokens":
             length = "L" if self.max_len is None else f"L <= {self.max_len}"
             return f"torch.long tokens of shape ({batch}, {length}) in [0, {self.vocab_size - 1}]"
@@ -123,6 +130,11 @@ class CondSpec:
             return
         lo, hi = int(cond.min()), int(cond.max())
         top = {"class": self.num_classes, "tokens": self.vocab_size, "frames": self.levels}[self.kind]
+        if self.null_class:
+            if lo < 0 or hi > self.num_classes:
+                raise ValueError(f"expected labels in [0, {self.num_classes - 1}] or the null class "
+                                 f"{self.num_classes}, given range [{lo}, {hi}]")
+            return
         what = {"class": "labels", "tokens": "tokens", "frames": "frame values"}[self.kind]
         if lo < 0 or (top is not None and hi >= top):
             bound = f"[0, {top - 1}]" if top is not None else "[0, ...)"

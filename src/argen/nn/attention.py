@@ -38,6 +38,10 @@ Patterns:
   to its left; the region's part right of the block in the block's own rows is later in the
   order and masked.
 
+Positions inside attention: `Rotary` (RoPE over N-d positions, e.g. 2-D for a code grid)
+rotates queries and keys of a self-attention layer (`MultiHeadAttention(..., rotary=)`); it is
+optional and changes nothing for layers called without it.
+
 A model that shifts its input right by one (slot s holds token s-1 and predicts token s) uses
 these patterns on slots; see `models/image/image_transformer.py` for what that means for the
 receptive field.
@@ -335,6 +339,49 @@ class Local2DPattern(AttentionPattern):
         return f"image=({self.height}, {self.width}), channels={self.channels}, block={self.block}, memory={self.memory}"
 
 
+# ----- positions ----------------------------------------------------------------------------------
+class Rotary(nn.Module):
+    """Rotary position embedding (RoFormer) over N-d positions, e.g. 2-D RoPE for a code grid.
+
+    Each head's d dims are read as d/2 pairs (dim i with dim i + d/2); pair i turns by angle
+    pos[axis] * base^(-j/f), where the pairs are dealt to the axes in equal sections of f = d/(2A)
+    (A axes: for a grid half the head's dims rotate by row, half by column, as in LlamaGen). A
+    query-key product then depends only on the per-axis offset between their positions.
+    `positions` (N, A) are the sequence positions' coordinates; tables are computed in float64
+    once and kept as non-persistent float32 buffers (no state-dict entry).
+    """
+
+    cos: Tensor
+    sin: Tensor
+
+    def __init__(self, head_dim: int, positions: Tensor, base: float = 10000.0) -> None:
+        super().__init__()
+        if positions.ndim != 2 or positions.shape[0] < 1:
+            raise ValueError(f"expected positions of shape (N >= 1, axes), given {tuple(positions.shape)}")
+        axes = positions.shape[1]
+        if head_dim < 2 * axes or head_dim % (2 * axes):
+            raise ValueError(f"rotary positions over {axes} axes need a head width divisible by {2 * axes}, given {head_dim}")
+        f = head_dim // (2 * axes)
+        inv_freq = base ** (-torch.arange(f, dtype=torch.float64) / f)
+        angles = (positions.to(torch.float64)[:, :, None] * inv_freq).flatten(1)  # (N, d/2), axis-major
+        self.length, self.head_dim = positions.shape[0], head_dim
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def forward(self, t: Tensor, start: int = 0) -> Tensor:
+        """t (B, heads, T, d) holding positions [start, start + T) -> t rotated (same shape)."""
+        end = start + t.shape[-2]
+        if t.shape[-1] != self.head_dim or not 0 <= start < end <= self.length:
+            raise ValueError(f"expected (B, heads, T, {self.head_dim}) at positions within [0, {self.length}), "
+                             f"given {tuple(t.shape)} from position {start}")
+        cos, sin = self.cos[start:end].to(t.dtype), self.sin[start:end].to(t.dtype)
+        a, b = t.chunk(2, -1)
+        return torch.cat([a * cos - b * sin, a * sin + b * cos], -1)
+
+    def extra_repr(self) -> str:
+        return f"length={self.length}, head_dim={self.head_dim}"
+
+
 # ----- layers -------------------------------------------------------------------------------------
 class MultiHeadAttention(nn.Module):
     """Projections around `attend`: queries from `x`, keys/values from `kv` (default `x`).
@@ -371,7 +418,10 @@ class MultiHeadAttention(nn.Module):
     def attend_to(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         """Queries from x (B, T, dim) attend to given keys/values (B, heads, M, d) where `mask`
         (broadcastable to (B, heads, T, M), True = may attend; None = everywhere) allows it."""
-        q = rearrange(self.q(x), "b t (h d) -> b h t d", h=self.heads)
+        return self._attend_queries(rearrange(self.q(x), "b t (h d) -> b h t d", h=self.heads), k, v, mask)
+
+    def _attend_queries(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """`attend_to` from projected queries q (B, heads, T, d) (rotated ones, with `Rotary`)."""
         p = self.dropout if self.training else 0.0
         if mask is None:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=p)
@@ -380,7 +430,8 @@ class MultiHeadAttention(nn.Module):
         return self.out(rearrange(out, "b h t d -> b t (h d)"))
 
     def forward(self, x: Tensor, pattern: AttentionPattern, kv: Tensor | None = None,
-                cache: KVCache | None = None, start: int = 0, window: DecodeWindow | None = None) -> Tensor:
+                cache: KVCache | None = None, start: int = 0, window: DecodeWindow | None = None,
+                rotary: Rotary | None = None) -> Tensor:
         """x (B, T, dim) -> (B, T, out_dim).
 
         Without a cache, T is the whole sequence and `pattern` decides who sees whom. With a
@@ -388,18 +439,31 @@ class MultiHeadAttention(nn.Module):
         and they attend to its slice `window` (default `pattern.window(start, start + T)`; a
         stack of layers computes it once and passes it to each) under the pattern's mask
         (prefill: a chunk; decode: T=1).
+
+        `rotary` (self-attention only) rotates queries and keys by their positions before they
+        meet; keys are cached rotated, so a decode step rotates only its own query and key.
         """
+        if rotary is not None and kv is not None:
+            raise ValueError("rotary positions are for self-attention: expected kv=None with rotary, given a kv tensor")
         k, v = self.keys_values(x if kv is None else kv)
         if cache is None:
             q = rearrange(self.q(x), "b t (h d) -> b h t d", h=self.heads)
+            if rotary is not None:
+                q, k = rotary(q), rotary(k)
             out = pattern(q, k, v, self.dropout if self.training else 0.0)
             return self.out(rearrange(out, "b h t d -> b t (h d)"))
         end = start + x.shape[-2]
         window = pattern.window(start, end) if window is None else window
         if (window.start, window.end) != (start, end):
             raise ValueError(f"expected a window over queries [{start}, {end}), given [{window.start}, {window.end})")
+        if rotary is not None:
+            k = rotary(k, start)
         k, v = cache.update(start, k, v)
-        return self.attend_to(x, k[:, :, window.lo : end], v[:, :, window.lo : end], window.mask)
+        k, v = k[:, :, window.lo : end], v[:, :, window.lo : end]
+        if rotary is None:
+            return self.attend_to(x, k, v, window.mask)
+        q = rotary(rearrange(self.q(x), "b t (h d) -> b h t d", h=self.heads), start)
+        return self._attend_queries(q, k, v, window.mask)
 
 
 def map_attention(attn: MultiHeadAttention, pattern: AttentionPattern, x: Tensor, kv: Tensor | None = None) -> Tensor:

@@ -1,7 +1,8 @@
 """One decoder trunk for every transformer in argen: pre-norm blocks over an attention pattern,
 optional cross-attention to a context, and a static KV cache with `prefill` + `decode_one`.
 
-    trunk = Transformer(dim, n_layers, heads, ff_dim, pattern, dropout=0.0, context_dim=None)
+    trunk = Transformer(dim, n_layers, heads, ff_dim, pattern, dropout=0.0, context_dim=None,
+                        rotary=None)
     trunk(x, context=None, context_mask=None)          # training: (B, N, dim) -> (B, N, dim)
     cache = trunk.new_cache(batch)                     # or trunk.setup_cache(batch) (gpt-fast)
     trunk.prefill(x[:, :t], cache, context=ctx)        # positions [0, t), context K/V projected once
@@ -17,6 +18,14 @@ Block layout (GPT-2 / nanoGPT, pre-norm):
     x = x + cross(LN(x), context)          only with context_dim: every query sees the whole context
     x = x + MLP(LN(x))
     trunk output = LN(x)
+
+Positions: the model adds absolute ones to its inputs; `rotary=` (an `argen.nn.attention.Rotary`
+over the N positions) adds RoPE to every self-attention layer instead or as well (token GPT's
+2-D RoPE). Without it the trunk computes exactly what it did before the option existed.
+
+`SlotDecoder` is what a decoder-only model over a shifted slot sequence shares (the Image
+Transformer, token GPT): `trunk` (slot inputs -> per-slot logits, full or cached), `new_cache`,
+`slot_range`, and `init_gpt_weights` for its layers.
 
 Patterns: anything `argen.nn.attention.AttentionPattern` defines (causal / full, local 1-D,
 local 2-D). A pattern is one definition `allowed(query, key)` over the N positions of the
@@ -42,7 +51,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from argen.nn.attention import AttentionPattern, DecodeWindow, KVCache, MultiHeadAttention
+from argen.nn.attention import AttentionPattern, DecodeWindow, KVCache, MultiHeadAttention, Rotary
 
 
 class ContextCache(nn.Module):
@@ -116,10 +125,11 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, pattern: AttentionPattern, cache: KVCache | None = None, start: int = 0,
                 window: DecodeWindow | None = None, context: tuple[Tensor, Tensor] | None = None,
-                context_mask: Tensor | None = None) -> Tensor:
+                context_mask: Tensor | None = None, rotary: Rotary | None = None) -> Tensor:
         """x (B, T, dim) -> (B, T, dim). `context` = the cross-attention's projected (keys, values)
-        (`self.cross.keys_values(ctx)`), `context_mask` in attention layout (B, 1, 1, M) or None."""
-        x = x + self.drop(self.attn(self.norm1(x), pattern, cache=cache, start=start, window=window))
+        (`self.cross.keys_values(ctx)`), `context_mask` in attention layout (B, 1, 1, M) or None;
+        `rotary` rotates the self-attention's queries and keys by position."""
+        x = x + self.drop(self.attn(self.norm1(x), pattern, cache=cache, start=start, window=window, rotary=rotary))
         if self.cross is not None and self.norm_cross is not None:
             if context is None:
                 raise ValueError("expected a context for the cross-attention, given None")
@@ -131,11 +141,12 @@ class TransformerBlock(nn.Module):
 class Transformer(nn.Module):
     """Decoder trunk: `n_layers` pre-norm blocks under `pattern` and a final LayerNorm (module doc).
 
-    `context_dim` (None = no cross-attention) is the width of the context every block attends to.
+    `context_dim` (None = no cross-attention) is the width of the context every block attends to;
+    `rotary` (None = none) gives every self-attention layer RoPE over the N positions.
     """
 
     def __init__(self, dim: int, n_layers: int, heads: int, ff_dim: int, pattern: AttentionPattern, *,
-                 dropout: float = 0.0, context_dim: int | None = None) -> None:
+                 dropout: float = 0.0, context_dim: int | None = None, rotary: Rotary | None = None) -> None:
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"expected n_layers >= 1, given {n_layers}")
@@ -143,6 +154,10 @@ class Transformer(nn.Module):
         self.pattern = pattern
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads, ff_dim, dropout, context_dim) for _ in range(n_layers))
         self.norm = nn.LayerNorm(dim)
+        if rotary is not None and (rotary.length != pattern.length or rotary.head_dim * heads != dim):
+            raise ValueError(f"expected rotary positions for {pattern.length} positions and head width {dim // heads}, "
+                             f"given {rotary.length} positions and head width {rotary.head_dim}")
+        self.rotary = rotary
         self.cache: TransformerCache | None = None  # set by setup_cache
 
     @property
@@ -186,7 +201,7 @@ class Transformer(nn.Module):
             raise ValueError(f"expected a sequence of length {self.length}, given {x.shape[1]}")
         kvs, mask = self._context_kv(context, context_mask, x.shape[0])
         for block, kv in zip(self.blocks, kvs):
-            x = block(x, self.pattern, context=kv, context_mask=mask)
+            x = block(x, self.pattern, context=kv, context_mask=mask, rotary=self.rotary)
         return self.norm(x)
 
     # ----- cached decoding -----------------------------------------------------------------------
@@ -249,7 +264,7 @@ class Transformer(nn.Module):
             self._context_kv(context, context_mask, x.shape[0])  # raises for a context without cross-attention
         window = self.pattern.window(start, end) if window is None else window
         for block, layer, kv in zip(self.blocks, cache.self_attn, contexts):
-            x = block(x, self.pattern, layer, start, window, kv, mask)
+            x = block(x, self.pattern, layer, start, window, kv, mask, rotary=self.rotary)
         return self.norm(x)
 
     def decode_one(self, x: Tensor, pos: int, cache: TransformerCache | None = None) -> Tensor:
@@ -260,4 +275,48 @@ class Transformer(nn.Module):
         return self.prefill(x, cache, start=pos)
 
 
-__all__ = ["ContextCache", "Transformer", "TransformerBlock", "TransformerCache"]
+def init_gpt_weights(module: nn.Module) -> None:
+    """GPT-2 initialisation for `model.apply`: Linear and Embedding weights N(0, 0.02), Linear biases 0."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+class SlotDecoder:
+    """Mixin for a decoder-only model over a slot sequence: slot s carries token s-1 (slot 0 a
+    start input) and predicts token s, so attention that never looks past its own slot is causal.
+
+    The model holds `decoder` (a `Transformer`) and `head` (slot features -> logits); this gives
+    the surface the kv_cache stepper (`argen.sampling.transformer_cache`) calls besides the
+    model's own `embed(x, cond, start, end)` and `pattern`: `trunk` and `new_cache`.
+    """
+
+    decoder: Transformer
+    head: nn.Module
+
+    def slot_range(self, start: int, end: int | None) -> tuple[int, int, slice]:
+        """Checked slots [start, end) (end None: all N) and the slice of tokens they carry,
+        [start - 1, end - 1) (slot 0 carries the start input instead)."""
+        n = self.decoder.length
+        end = n if end is None else end
+        if not 0 <= start < end <= n:
+            raise ValueError(f"expected slots 0 <= start < end <= {n}, given [{start}, {end})")
+        return start, end, slice(max(start - 1, 0), end - 1)
+
+    def trunk(self, h: Tensor, cache: TransformerCache | None = None, start: int = 0,
+              window: DecodeWindow | None = None) -> Tensor:
+        """Slot inputs (B, T, d) -> per-slot logits (B, T, L). Without a cache, T = N (training,
+        log_prob). With one, h holds slots [start, start + T) and earlier slots come from the
+        cache (`Transformer.prefill`; one slot = decode); `window` is the pattern's
+        `window(start, start + T)` when the caller has it already."""
+        if cache is None:
+            return self.head(self.decoder(h))
+        return self.head(self.decoder.prefill(h, cache, start=start, window=window))
+
+    def new_cache(self, batch: int) -> TransformerCache:
+        """A static KV cache over all N slots for `batch` sequences, in the model's dtype and device."""
+        return self.decoder.new_cache(batch)
+
+
+__all__ = ["ContextCache", "SlotDecoder", "Transformer", "TransformerBlock", "TransformerCache", "init_gpt_weights"]

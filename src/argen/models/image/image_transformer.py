@@ -42,8 +42,8 @@ from argen.distributions import Categorical
 from argen.fields import spec
 from argen.models.base import ARModel, Capabilities, ModelConfig
 from argen.nn import ClassEmbedding
-from argen.nn.attention import AttentionPattern, CausalPattern, DecodeWindow, Local1DPattern, Local2DPattern
-from argen.nn.transformer import Transformer, TransformerCache
+from argen.nn.attention import AttentionPattern, CausalPattern, Local1DPattern, Local2DPattern
+from argen.nn.transformer import SlotDecoder, Transformer, init_gpt_weights
 from argen.nn.unet import sinusoidal_embedding
 from argen.registry import register_model
 
@@ -94,13 +94,14 @@ def make_pattern(cfg: ImageTransformerConfig) -> AttentionPattern:
     variants={"local2d": dict(attention="local2d"), "full": dict(attention="full"),
               "sinusoidal": dict(pos_embedding="sinusoidal")},
 )
-class ImageTransformer(ARModel):
+class ImageTransformer(SlotDecoder, ARModel):
     """Image Transformer: decoder-only transformer over sub-pixels with local 1D/2D or full attention."""
 
     config_class = ImageTransformerConfig
     config: ImageTransformerConfig
     #: exact cached sampling: prefill what is known, then decode one slot per sub-pixel from the
-    #: static KV caches (`embed`, `trunk`, `new_cache` and `pattern` are what the sampler uses)
+    #: static KV caches (`embed`, `trunk`, `new_cache` and `pattern` are what the sampler uses;
+    #: `trunk` and `new_cache` come from `SlotDecoder`, shared with token GPT)
     capabilities = Capabilities(stepper_kind="kv_cache")
     slot_pixel: Tensor
     slot_channel: Tensor
@@ -150,7 +151,7 @@ class ImageTransformer(ARModel):
         self.blocks, self.norm = decoder.blocks, decoder.norm
         self.__dict__["decoder"] = decoder
         self.head = nn.Linear(d, cfg.levels)
-        self.apply(_init_weights)
+        self.apply(init_gpt_weights)
         if self.class_embed.embed is not None:  # classes start neutral (ClassEmbedding's convention)
             nn.init.zeros_(self.class_embed.embed.weight)
 
@@ -167,11 +168,7 @@ class ImageTransformer(ARModel):
         """(B, T, d) inputs of slots [start, end) (default: all N): the shifted sub-pixel values
         plus positions (and class). A slot range reads only the sub-pixels [start - 1, end - 1),
         so cached sampling embeds just the slots it decodes (same values as the full call)."""
-        n = self.pattern.length
-        end = n if end is None else end
-        if not 0 <= start < end <= n:
-            raise ValueError(f"expected slots 0 <= start < end <= {n}, given [{start}, {end})")
-        prev = slice(max(start - 1, 0), end - 1)  # sub-pixels that slots [start, end) carry
+        start, end, prev = self.slot_range(start, end)  # prev: sub-pixels that slots [start, end) carry
         flat = rearrange(x, "b c h w -> b (h w) c")
         tokens = self.slot_channel[prev] * self.levels + flat[:, self.slot_pixel[prev], self.slot_channel[prev]]
         if start == 0:  # slot 0 carries the start token
@@ -186,28 +183,7 @@ class ImageTransformer(ARModel):
             h = h + bias[:, None, :, 0, 0]
         return self.drop(h)
 
-    def trunk(self, h: Tensor, cache: TransformerCache | None = None, start: int = 0,
-              window: DecodeWindow | None = None) -> Tensor:
-        """Slot inputs (B, T, d) -> per-slot logits (B, T, L). Without a cache, T = N (training,
-        log_prob). With one, h holds slots [start, start + T) and earlier slots come from the
-        cache (`Transformer.prefill`; one slot = decode); `window` is the pattern's
-        `window(start, start + T)` when the caller has it already."""
-        if cache is None:
-            return self.head(self.decoder(h))
-        return self.head(self.decoder.prefill(h, cache, start=start, window=window))
-
-    def new_cache(self, batch: int) -> TransformerCache:
-        """A static KV cache over all N slots for `batch` images, in the model's dtype and device."""
-        return self.decoder.new_cache(batch)
-
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         logits = self.trunk(self.embed(x, cond))  # (B, N, L) in slot order
         c, h, w = self.config.image_shape
         return rearrange(logits[:, self.unslot], "b (h w c) l -> b (c l) h w", h=h, w=w, c=c)
-
-
-def _init_weights(module: nn.Module) -> None:
-    if isinstance(module, (nn.Linear, nn.Embedding)):
-        nn.init.normal_(module.weight, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)

@@ -1,0 +1,2 @@
+"""Priors over a tokenizer's code grids (contract v2: integer data (1, h, w), levels = codebook size)."""
+from argen.models.tokens import token_gpt  # noqa: F401
