@@ -39,7 +39,7 @@ from argen.runs import device_arg as _device
 from argen.runs import is_main_process as _is_main_process
 
 #: Modules contributing subcommands; each defines `register(subparsers) -> None`.
-COMMAND_MODULES: list[str] = ["argen.compress.commands", "argen.metrics.commands"]
+COMMAND_MODULES: list[str] = ["argen.compress.commands", "argen.metrics.commands", "argen.tokenizers.commands"]
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
@@ -55,7 +55,7 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
                    help="network-call budget for models that sample in parallel (ARDM); default: one per dim")
     p.add_argument("--naive", action="store_true",
                    help="use the reference sampler (one full forward pass per step) instead of the model's own")
-    p.add_argument("--cfg-scale", type=float_arg(ge=0), default=1.0,
+    p.add_argument("--cfg-scale", "--cfg", type=float_arg(ge=0), default=1.0,
                    help="classifier-free guidance scale, for models with a null condition (default: 1, none)")
 
 
@@ -91,9 +91,13 @@ def _generate(model: Any, x: Any, known: Any, cond: Any, args: argparse.Namespac
 
 # ----- train ------------------------------------------------------------------------------------
 def register_train(sub: Any) -> None:
-    p = sub.add_parser("train", help="train a model on a dataset",
-                       description="Train MODEL; the image shape, levels and classes come from the dataset.")
-    p.add_argument("model", help="registered model name (see `argen models`)")
+    p = sub.add_parser("train", help="train a model or a tokenizer on a dataset",
+                       description="Train MODEL (or a tokenizer: vqvae, vqgan, fsq); the image shape, levels and "
+                                   "classes come from the dataset. With --tokenizer RUN the model is a prior over "
+                                   "that tokenizer's code grids (written once by `argen tokenize`).")
+    p.add_argument("model", help="registered model or tokenizer name (see `argen models`)")
+    p.add_argument("--tokenizer", default=None, metavar="RUN",
+                   help="train MODEL as a prior over the codes of the tokenizer trained in RUN (default data: RUN's)")
     p.add_argument("--data", default=None, help="dataset name (see `argen datasets`; default: mnist)")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files, where it needs one")
     p.add_argument("--steps", type=_train_option("steps"), default=None, help="optimizer steps (train.steps)")
@@ -155,20 +159,90 @@ def _data_slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("_") or "data"
 
 
+def trainable_entry(name: str) -> tuple[Any, str]:
+    """The registry entry of a model or a tokenizer named `name`, and which of the two it is."""
+    from argen.registry import get_entry, list_models
+    from argen.tokenizers import get_tokenizer_entry, list_tokenizers
+
+    if name in list_tokenizers():
+        return get_tokenizer_entry(name), "tokenizer"
+    if name in list_models():
+        return get_entry(name), "model"
+    raise ValueError(f"unknown model {name!r}; expected one of the models {list_models()} "
+                     f"or the tokenizers {list_tokenizers()}")
+
+
+def create_trainable(name: str, **kwargs: Any) -> Any:
+    """Build the model or tokenizer `name` from its hyperparameters."""
+    import argen
+    from argen.tokenizers import create_tokenizer
+
+    return create_tokenizer(name, **kwargs) if trainable_entry(name)[1] == "tokenizer" else argen.create_model(name, **kwargs)
+
+
+class _PriorOf:
+    """The tokenizer a prior is trained over: where its codes are cached, its record in the run."""
+
+    def __init__(self, tokenizer: Any, source_dir: Path, desc: dict[str, Any], record: dict[str, Any]) -> None:
+        self.tokenizer, self.source_dir, self.record = tokenizer, source_dir, record
+        self.data, self.data_root = desc.get("data"), desc.get("data_root")
+        self.desc = desc
+
+    def render(self, codes: Any) -> tuple[Any, int]:
+        """Sample grids of the prior show decoded images."""
+        return self.tokenizer.decode(codes[:, 0].to(next(self.tokenizer.parameters()).device)), self.tokenizer.levels
+
+    def copy_into(self, run_dir: Path) -> None:
+        """Save the tokenizer into the prior's run, so the run is whole wherever it is moved."""
+        import argen
+
+        target = run_dir / self.record["dir"]
+        if target.resolve() == self.source_dir.resolve():
+            return
+        argen.save(self.tokenizer, target, step=self.desc.get("step"), data=self.data, data_root=self.data_root,
+                   metrics=dict(self.desc.get("metrics") or {}), source=str(self.source_dir))
+
+
+def _tokenizer_for_prior(source: str | None, run_dir: Path, point: Any, device: str) -> _PriorOf:
+    """Load the tokenizer of `--tokenizer source` (or, resuming, the run's own copy) and check it."""
+    from argen.checkpoint import weights_fingerprint
+
+    stored = point.description().get("tokenizer") if point is not None else None
+    where = Path(source) if source else run_dir / stored["dir"]
+    tokenizer = load_run(where, _device(device))
+    kind = getattr(type(tokenizer), "kind", "model")
+    if kind != "tokenizer":
+        raise ValueError(f"--tokenizer {str(where)!r} holds a {kind} model ({tokenizer.model_name!r}), expected a "
+                         "tokenizer run (argen train vqvae|vqgan|fsq ...)")
+    tokenizer.eval()
+    fingerprint = weights_fingerprint(tokenizer)
+    if stored is not None and stored.get("fingerprint") not in (None, fingerprint):
+        raise ValueError(f"cannot resume over --tokenizer {str(where)!r}: its weights differ from those the run's prior "
+                         "was trained over (start a new run with --out)")
+    record = {"dir": "tokenizer", "name": tokenizer.model_name, "fingerprint": fingerprint,
+              "source": str(stored["source"] if stored and not source else where)}
+    return _PriorOf(tokenizer, where, run_description(where), record)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from argen.checkpoint import CONFIG_FILE, EMA_FILE, WEIGHTS_FILE, CorruptCheckpointError
     from argen.data import load_dataset
-    from argen.registry import get_entry
     from argen.train import TrainConfig, Trainer, clear_run_dir, has_checkpoint, load_config_file, merge_configs, parse_overrides
     from argen.train import distributed as D
     from argen.train.config import coerce_fields
     from argen.train.trainer import RUN_FILES, SAMPLES_DIR, TENSORBOARD_DIR, read_train_state
 
-    entry = get_entry(args.model)  # unknown model: ValueError listing the names
+    entry, kind = trainable_entry(args.model)  # unknown name: ValueError listing the names
+    if kind == "tokenizer" and (args.tokenizer or args.class_conditional):
+        raise ValueError(f"{args.model!r} is a tokenizer: it takes neither --tokenizer nor --class-conditional")
     layers = [load_config_file(args.config)] if args.config else []
     layers.append(parse_overrides(args.set))
+    if kind == "tokenizer" and "ema_decay" not in merge_configs(*layers)["train"]:
+        # no Polyak average by default: averaged encoder weights would not match the codebook,
+        # whose buffers follow the live encoder (set train.ema_decay to have one anyway)
+        layers.insert(0, {"train": {"ema_decay": None}})
     user_model = merge_configs(*layers)["model"]  # what the user set, without a resumed run's own
     flags = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
     layers.append({"train": {k: v for k, v in flags.items() if v is not None}})
@@ -197,6 +271,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                  f"{ {k: stored_model.get(k) for k in changed} }); start a new run with --out")
         if data is not None and desc.get("data") not in (None, data):
             raise ValueError(f"cannot resume on --data {data!r}: the run trained on {desc.get('data')!r}")
+        if args.tokenizer and "tokenizer" not in desc:
+            raise ValueError(f"cannot resume {str(run_dir)!r} over --tokenizer: it is a prior over pixels, not codes")
         data, root = desc.get("data") or data, root or desc.get("data_root")
         stored = {"model": dict(desc.get("config") or {}), "train": dict(desc.get("train") or {})}
         layers.insert(0, stored)
@@ -220,13 +296,29 @@ def cmd_train(args: argparse.Namespace) -> int:
                              "pass --resume to continue it or --overwrite to start over")
         if existing and _is_main_process():
             clear_run_dir(run_dir)
+    prior_of = None
+    if args.tokenizer or (point is not None and "tokenizer" in point.description()):
+        prior_of = _tokenizer_for_prior(args.tokenizer, run_dir, point, args.device)
+        data, root = data or prior_of.data, root or prior_of.data_root
     data = data or "mnist"
     merged = merge_configs(*layers)
     train_cfg = TrainConfig.from_dict(merged["train"])
 
-    train_ds = load_dataset(data, "train", root=root, seed=train_cfg.seed)
+    def split(name: str) -> Any:
+        if prior_of is None:
+            return load_dataset(data, name, root=root, seed=train_cfg.seed)
+        from argen.data.codes import code_dataset
+
+        ds, made = code_dataset(prior_of.tokenizer, prior_of.source_dir, data, name, root=root, seed=train_cfg.seed,
+                                progress=_is_main_process())
+        if made:
+            say(f"argen: encoded {data} {name} with the tokenizer ({len(ds)} code grids {tuple(ds.shape)}), "
+                f"cached in {prior_of.source_dir}")
+        return ds
+
+    train_ds = split("train")
     try:
-        test_ds = load_dataset(data, "test", root=root, seed=train_cfg.seed)
+        test_ds = split("test")
     except (ValueError, FileNotFoundError) as e:
         say(f"argen: no test split for {data!r} ({e}); training without evaluation")
         test_ds = None
@@ -248,16 +340,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         if given_classes and given_classes != train_ds.num_classes:
             raise ValueError(f"model.num_classes must match the dataset's {train_ds.num_classes}, given {given_classes}")
     model_kw = coerce_fields(entry.cls.config_class, model_kw, section="model")
-    model_kw.update({shape_key: tuple(train_ds.shape), "levels": train_ds.levels,
-                     "num_classes": train_ds.num_classes if conditional else None})
-
-    import argen
+    model_kw.update({shape_key: tuple(train_ds.shape), "levels": train_ds.levels})
+    if kind == "model":
+        model_kw["num_classes"] = train_ds.num_classes if conditional else None
 
     torch.manual_seed(train_cfg.seed)
-    model = argen.create_model(args.model, **model_kw)
+    model = create_trainable(args.model, **model_kw)
+    extra: dict[str, Any] = {"data": data, "data_root": root}
+    render = None
+    if prior_of is not None:
+        extra["tokenizer"] = prior_of.record
+        render = prior_of.render
+        if _is_main_process():
+            prior_of.copy_into(run_dir)
     try:
         trainer = Trainer(model, train_ds, train_cfg, run_dir=run_dir, eval_data=test_ds, device=args.device,
-                          resume=point if point is not None else False, extra={"data": data, "data_root": root})
+                          resume=point if point is not None else False, extra=extra, render=render)
     except CorruptCheckpointError as e:
         raise CheckpointError(str(e)) from None
     if trainer.resume_note:
@@ -282,10 +380,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         D.cleanup()
     summary = f"argen: done: {metrics['step']} steps"
+    if kind == "tokenizer":
+        tested = ", ".join(f"{k[5:]} {v:.4g}" for k, v in metrics.items() if k.startswith("test_") and k != "test_n")
+        say(summary + (f", test {tested} ({metrics.get('test_n')} examples)" if tested else "")
+            + f"; checkpoint in {run_dir}")
+        return EXIT_OK
+    unit = "bits/token" if prior_of is not None else "bits/dim"
     if "train_bpd" in metrics:
-        summary += f", train {metrics['train_bpd']:.4f} bits/dim"
+        summary += f", train {metrics['train_bpd']:.4f} {unit}"
     if "test_bpd" in metrics:
-        summary += f", test {metrics['test_bpd']:.4f} bits/dim ({metrics.get('test_n')} examples"
+        summary += f", test {metrics['test_bpd']:.4f} {unit} ({metrics.get('test_n')} examples"
         summary += ", exact)" if model.exact_likelihood else ", upper bound)"
     say(summary + f"; checkpoint in {run_dir}")
     return EXIT_OK
@@ -328,6 +432,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     desc = run_description(args.run)
     full = run_dataset(desc, args.data, args.data_root, args.split, model)
     ds = full if args.max_examples is None else Subset(full, range(min(len(full), args.max_examples)))
+    is_tokenizer = getattr(type(model), "kind", "model") == "tokenizer"
+    if is_tokenizer:
+        if args.sample_metrics or args.orders is not None:
+            raise ValueError("a tokenizer draws no samples and has no orders: expected no --sample-metrics / --orders "
+                             "(evaluate a prior trained over it for those)")
+        record = {"data": args.data or desc.get("data"), "split": args.split, "step": desc.get("step"),
+                  "reconstruction": reconstruction_metrics(model, ds, args.batch_size, device)}
+        print(f"{record['data']} {args.split}: " + format_reconstruction(record["reconstruction"]))
+        atomic_write_json(Path(args.run) / "eval.json", record)
+        return EXIT_OK
     networks = prepare_eval_sample_metrics(args, device)  # bad --sample-* options fail before evaluating
     log_prob, orders = None, None
     if args.orders is not None:
@@ -347,15 +461,51 @@ def cmd_eval(args: argparse.Namespace) -> int:
               "nats": result["nats"], "n": result["n"], "exact": exact, "step": desc.get("step"),
               "weights": "ema" if _weights_file(args.run) == "ema.safetensors" else "model",
               "orders": [f"{name}:{variant}" for name, variant in orders] if orders else None}
-    kind = "exact likelihood" if exact else "upper bound: this model's likelihood is a bound"
-    print(f"{record['data']} {args.split}: {result['bpd']:.4f} bits/dim, {result['nats']:.2f} nats/example "
-          f"over {result['n']} examples ({kind})")
+    unit = getattr(type(model), "likelihood_unit", "dim")
+    if unit == "token":  # a two-stage model: the prior's likelihood of the codes, and the tokenizer's ceiling
+        record["bits_per_token"] = record["bpd"]
+        record["tokens"] = model.num_dims
+        record["tokenizer_reconstruction"] = reconstruction_metrics(model.tokenizer, ds, args.batch_size, device)
+        print(f"{record['data']} {args.split}: {result['bpd']:.4f} bits/token, {result['nats']:.2f} nats/image over "
+              f"{model.num_dims} tokens of {result['n']} images (the prior's exact likelihood of the tokenizer's codes, "
+              "not a likelihood of the pixels)")
+        print("  tokenizer: " + format_reconstruction(record["tokenizer_reconstruction"]))
+    else:
+        kind = "exact likelihood" if exact else "upper bound: this model's likelihood is a bound"
+        print(f"{record['data']} {args.split}: {result['bpd']:.4f} bits/dim, {result['nats']:.2f} nats/example "
+              f"over {result['n']} examples ({kind})")
     quality = eval_sample_metrics(model, args, full, split=args.split, batch_size=args.batch_size, networks=networks)
     if quality is not None:
         record["sample_metrics"] = quality
         print(format_quality(quality))
     atomic_write_json(Path(args.run) / "eval.json", record)
     return EXIT_OK
+
+
+def reconstruction_metrics(tokenizer: Any, ds: Any, batch_size: int, device: Any) -> dict[str, float]:
+    """The tokenizer's `summarize` of its `eval_stats` over `ds` (MSE, PSNR, codebook usage, ...)."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from argen.train.distributed import add_stats, check_stats
+
+    tokenizer.eval()
+    stats = None
+    with torch.no_grad():
+        for x, _ in tqdm(DataLoader(ds, batch_size=batch_size), desc="reconstruct", unit="batch", dynamic_ncols=True):
+            stats = add_stats(stats, check_stats(tokenizer.eval_stats(x.to(device)), type(tokenizer).__name__))
+    if stats is None:
+        raise ValueError("expected at least one example to evaluate, given none")
+    return {k: float(v) for k, v in tokenizer.summarize(stats).items()} | {"n": len(ds)}
+
+
+def format_reconstruction(metrics: dict[str, float]) -> str:
+    parts = [f"PSNR {metrics['psnr']:.2f} dB" if "psnr" in metrics else None,
+             f"MSE {metrics['mse']:.5f}" if "mse" in metrics else None,
+             f"codebook usage {100 * metrics['usage']:.1f}%" if "usage" in metrics else None,
+             f"perplexity {metrics['perplexity']:.1f}" if "perplexity" in metrics else None]
+    return ", ".join(p for p in parts if p) + f" over {metrics.get('n')} images (reconstruction)"
 
 
 def format_quality(quality: dict[str, Any]) -> str:
@@ -404,6 +554,9 @@ def _check_image_levels(model: Any) -> None:
     """Refuse, before any sampling, a model whose data is not pixels (the output is an image grid)."""
     from argen.data.images import MAX_IMAGE_LEVELS
 
+    if getattr(type(model), "kind", "model") == "tokenizer":
+        raise ValueError(f"{model.model_name!r} is a tokenizer: it draws no samples; train a prior over its codes "
+                         "(argen train token_gpt --tokenizer RUN) and sample that run")
     if model.levels > MAX_IMAGE_LEVELS:
         raise ValueError(f"the output is an image, which takes at most {MAX_IMAGE_LEVELS} levels; this model has "
                          f"{model.levels} (a token grid is not an image: sample it through the Python API)")
@@ -526,7 +679,7 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 
 def register_models(sub: Any) -> None:
-    p = sub.add_parser("models", help="list registered models")
+    p = sub.add_parser("models", help="list registered models and tokenizers")
     p.set_defaults(func=cmd_models)
 
 
@@ -538,6 +691,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         e = get_entry(name)
         rows.append([name, "exact" if getattr(e.cls, "exact_likelihood", True) else "bound", e.modality, e.description])
     print(_table(rows, ["name", "likelihood", "data", "description"]))
+    from argen.tokenizers import get_tokenizer_entry, list_tokenizers
+
+    rows = [[name, get_tokenizer_entry(name).description] for name in list_tokenizers()]
+    print("\ntokenizers (argen train NAME, then argen train PRIOR --tokenizer RUN):")
+    print(_table(rows, ["name", "description"]))
     return EXIT_OK
 
 

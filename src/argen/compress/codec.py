@@ -201,6 +201,11 @@ def compress_arrays(model: Any, images: np.ndarray, names: list[str] | None = No
     so memory grows with `batch_size`, not with the number of images. `names` (plain file names,
     distinct, lossless suffixes or none) are stored and covered by the checksum.
     """
+    kind = getattr(type(model), "kind", "model")
+    if kind != "model":
+        raise ValueError(f"lossless compression needs a likelihood of the pixels: expected an AR model over pixels, "
+                         f"given a {kind} model ({model.model_name!r}; a two-stage model's likelihood is of its "
+                         "tokenizer's codes, which do not determine the pixels)")
     path = path or ("stepper" if model.own_stepper else "parallel")
     if path not in PATHS:
         raise ValueError(f"expected path 'parallel' or 'stepper', given {path!r}")

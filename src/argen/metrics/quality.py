@@ -69,9 +69,10 @@ def dataset_batches(ds: Any, batch_size: int, n: int | None = None) -> Iterator[
 
 
 def sample_batches(model: Any, n: int, batch_size: int, *, seed: int = 0, temperature: float = 1.0,
-                   top_k: int | None = None, top_p: float | None = None) -> Iterator[Tensor]:
+                   top_k: int | None = None, top_p: float | None = None, cfg_scale: float = 1.0) -> Iterator[Tensor]:
     """`n` samples of `model` in batches; class-conditional models get balanced labels, the classes
-    0..C-1 cycling over the `n` samples (`argen.conditioning.sample_conditions`, as `argen sample`)."""
+    0..C-1 cycling over the `n` samples (`argen.conditioning.sample_conditions`, as `argen sample`).
+    `cfg_scale` != 1 guides models that declare a null condition (classifier-free guidance)."""
     if n < 1 or batch_size < 1:
         raise ValueError(f"expected n >= 1 and batch_size >= 1, given n={n}, batch_size={batch_size}")
     device = model.device
@@ -80,7 +81,8 @@ def sample_batches(model: Any, n: int, batch_size: int, *, seed: int = 0, temper
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         cond = labels[start:start + b].to(device) if labels is not None else None
-        yield model.sample(b, cond, generator=gen, temperature=temperature, top_k=top_k, top_p=top_p).cpu()
+        guided = {"cfg_scale": cfg_scale} if cfg_scale != 1.0 else {}
+        yield model.sample(b, cond, generator=gen, temperature=temperature, top_k=top_k, top_p=top_p, **guided).cpu()
 
 
 def _slug(text: str) -> str:
@@ -233,9 +235,9 @@ def batches_quality(batches: Iterable[Tensor], levels: int, data: str | Any, *, 
 
 
 def sample_quality(model: Any, data: str | Any, *, n: int = 10000, batch_size: int = 100, seed: int = 0,
-                   temperature: float = 1.0, **kwargs: Any) -> dict[str, Any]:
+                   temperature: float = 1.0, cfg_scale: float = 1.0, **kwargs: Any) -> dict[str, Any]:
     """Sample `n` examples from `model` and compare them with `data` (see `batches_quality`)."""
-    batches = sample_batches(model, n, batch_size, seed=seed, temperature=temperature)
+    batches = sample_batches(model, n, batch_size, seed=seed, temperature=temperature, cfg_scale=cfg_scale)
     spec = getattr(model, "cond_spec", None) or CondSpec()
     requested = sample_conditions(spec, n)  # the labels sample_batches draws for
     return batches_quality(batches, int(model.levels), data, batch_size=batch_size, total=n, requested=requested,

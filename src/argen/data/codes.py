@@ -1,0 +1,114 @@
+"""Code grids of a dataset under a trained tokenizer, computed once and cached beside it.
+
+`argen tokenize RUN --data mnist` encodes every split it is asked for and writes
+`RUN/codes/<data>-<split>.npz` (codes uint16 (N, 1, h, w), labels, the tokenizer's weights
+fingerprint); training a prior with `--tokenizer RUN` reads them (and writes them first when they
+are missing). A cache made by other weights than the tokenizer's current ones is never used: it is
+recomputed. Items come out as an ordinary `ArgenDataset` of (codes (1, h, w) long, label), so a
+prior is trained exactly like a pixel model. Views that draw at random per epoch (dynamic
+binarization) are encoded as drawn for epoch 0.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from argen.data.dataset import ArgenDataset, ArraySource
+from argen.fileio import atomic_write
+
+CODES_DIR = "codes"
+CODES_FORMAT = "argen-codes"
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("_") or "data"
+
+
+def codes_path(tokenizer_dir: str | Path, data: str, split: str) -> Path:
+    """Where the code grids of `data`'s `split` under the tokenizer in `tokenizer_dir` are cached."""
+    return Path(tokenizer_dir) / CODES_DIR / f"{_slug(data)}-{split}.npz"
+
+
+@torch.no_grad()
+def encode_dataset(tokenizer: Any, ds: ArgenDataset, batch_size: int = 256, progress: bool = True) -> np.ndarray:
+    """(N, 1, h, w) uint16 codes of every item of `ds` (eval mode, on the tokenizer's device)."""
+    if tuple(ds.shape) != tuple(tokenizer.image_shape) or ds.levels != tokenizer.levels:
+        raise ValueError(f"dataset {ds.name!r} has shape {tuple(ds.shape)} with {ds.levels} levels, expected the "
+                         f"tokenizer's {tuple(tokenizer.image_shape)} with {tokenizer.levels} levels")
+    if tokenizer.codebook_size > 65536:
+        raise ValueError(f"expected a codebook of at most 65,536 codes (uint16), given {tokenizer.codebook_size}")
+    tokenizer.eval()
+    device = next(tokenizer.parameters()).device
+    out = np.empty((len(ds), 1, *tokenizer.code_shape), dtype=np.uint16)
+    bar = tqdm(total=len(ds), desc=f"tokenize {ds.name} {ds.split}", unit="img", disable=not progress,
+               dynamic_ncols=True)
+    for start in range(0, len(ds), batch_size):
+        stop = min(len(ds), start + batch_size)
+        x = torch.stack([ds[i][0] for i in range(start, stop)]).to(device)
+        out[start:stop, 0] = tokenizer.encode(x).cpu().numpy().astype(np.uint16)
+        bar.update(stop - start)
+    bar.close()
+    return out
+
+
+def write_codes(path: Path, codes: np.ndarray, labels: np.ndarray, *, fingerprint: str, data: str, split: str,
+                codebook_size: int, num_classes: int | None) -> Path:
+    """Write one cache file atomically (a kill leaves the old file or none)."""
+    meta = {"format": CODES_FORMAT, "fingerprint": fingerprint, "data": data, "split": split,
+            "codebook_size": codebook_size, "num_classes": num_classes}
+    buffer = io.BytesIO()
+    np.savez(buffer, codes=codes, labels=labels, meta=np.array(json.dumps(meta)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, buffer.getvalue())
+
+
+def read_codes(path: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+    """The cached (codes, labels, meta), or None when absent, unreadable or made by other weights."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            meta = json.loads(str(f["meta"]))
+            codes, labels = f["codes"], f["labels"]
+    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        return None
+    if not isinstance(meta, dict) or meta.get("format") != CODES_FORMAT or meta.get("fingerprint") != fingerprint:
+        return None
+    return codes, labels, meta
+
+
+def code_dataset(tokenizer: Any, tokenizer_dir: str | Path, data: str, split: str, *, root: str | None = None,
+                 seed: int = 0, batch_size: int = 256, progress: bool = True,
+                 refresh: bool = False) -> tuple[ArgenDataset, bool]:
+    """The code grids of `data`'s `split` as a dataset, and whether they were computed now.
+
+    Read from the cache when it holds this tokenizer's codes, else encoded (progress bar) and cached
+    (`refresh=True` always encodes anew).
+    """
+    from argen.checkpoint import weights_fingerprint
+    from argen.data import load_dataset
+
+    fingerprint = weights_fingerprint(tokenizer)
+    path = codes_path(tokenizer_dir, data, split)
+    cached = None if refresh else read_codes(path, fingerprint)
+    images = None
+    if cached is None:
+        images = load_dataset(data, split, root=root, seed=seed)
+        codes = encode_dataset(tokenizer, images, batch_size=batch_size, progress=progress)
+        labels = np.array([images.raw(i)[1] for i in range(len(images))], dtype=np.int64)
+        num_classes = images.num_classes
+        write_codes(path, codes, labels, fingerprint=fingerprint, data=data, split=split,
+                    codebook_size=tokenizer.codebook_size, num_classes=num_classes)
+    else:
+        codes, labels, meta = cached
+        num_classes = meta.get("num_classes")
+    has_labels = bool(len(labels)) and int(labels.min()) >= 0
+    source = ArraySource(codes, labels if has_labels else None, levels=tokenizer.codebook_size,
+                         num_classes=num_classes if has_labels else None)
+    return ArgenDataset(f"codes:{data}", source, seed=seed, split=split), cached is None
