@@ -432,11 +432,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     desc = run_description(args.run)
     full = run_dataset(desc, args.data, args.data_root, args.split, model)
     ds = full if args.max_examples is None else Subset(full, range(min(len(full), args.max_examples)))
-    is_tokenizer = getattr(type(model), "kind", "model") == "tokenizer"
-    if is_tokenizer:
+    if getattr(type(model), "objective", "likelihood") == "reconstruction":  # tokenizers, frame predictors
         if args.sample_metrics or args.orders is not None:
-            raise ValueError("a tokenizer draws no samples and has no orders: expected no --sample-metrics / --orders "
-                             "(evaluate a prior trained over it for those)")
+            raise ValueError(f"{model.model_name!r} has no likelihood to sample from or orders: expected no "
+                             "--sample-metrics / --orders (it is evaluated by reconstruction)")
         record = {"data": args.data or desc.get("data"), "split": args.split, "step": desc.get("step"),
                   "reconstruction": reconstruction_metrics(model, ds, args.batch_size, device)}
         print(f"{record['data']} {args.split}: " + format_reconstruction(record["reconstruction"]))

@@ -53,8 +53,9 @@ class ModelConfig:
     def validate(self) -> None:
         """Raise ValueError naming expected and given values; subclasses extend with cross-field rules."""
         validate_fields(self, "model")
-        if self.image_shape[0] not in (1, 3):
-            raise ValueError(f"image_shape channels must be 1 or 3, given {self.image_shape[0]}")
+        channels = self.data_shape[-3]
+        if channels not in (1, 3):
+            raise ValueError(f"{self.shape_field} channels must be 1 or 3, given {channels}")
         dist = self.distribution_class()
         if self.levels > dist.max_levels:
             raise ValueError(f"model.levels: this model's {dist.description} takes at most {dist.max_levels} "
@@ -69,6 +70,11 @@ class ModelConfig:
         """One example without the batch dim: (C, H, W) for images; a video config gives (T, C, H, W)."""
         return tuple(self.image_shape)
 
+    @property
+    def shape_field(self) -> str:
+        """The config field holding `data_shape` (the CLI sets it from the dataset)."""
+        return "image_shape"
+
     def distribution_class(self) -> type[PixelDistribution]:
         """The per-position distribution of the model's head; its `max_levels` bounds `levels`."""
         return Categorical
@@ -79,6 +85,29 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class VideoModelConfig(ModelConfig):
+    """Fields every video model has: `video_shape` (T, C, H, W) replaces `image_shape`, which a video
+    config refuses (it would be a second, contradicting shape). Positions are (t, h, w)."""
+
+    image_shape: tuple[int, int, int] | None = spec(None, ge=1)  # not used by video models: leave None
+    video_shape: tuple[int, int, int, int] = spec((10, 1, 32, 32), ge=1)  # (T, C, H, W)
+
+    def validate(self) -> None:
+        if self.image_shape is not None:
+            raise ValueError(f"model.image_shape: a video model takes video_shape (T, C, H, W), given image_shape "
+                             f"{self.image_shape}")
+        super().validate()
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return tuple(self.video_shape)
+
+    @property
+    def shape_field(self) -> str:
+        return "video_shape"
 
 
 def check_flag(name: str, value: Any) -> None:
@@ -325,6 +354,29 @@ class ARModel(nn.Module, abc.ABC):
         config, options = split_options(config, options)
         known = self.check_known(known, x.shape[0])
         return generate(self, x.clone(memory_format=torch.contiguous_format), known, cond, config, **options)
+
+    @torch.no_grad()
+    def predict(self, context: Tensor, cond: Tensor | None = None, config: Any = None, **options: Any) -> Tensor:
+        """Video prediction: given the first k frames (B, k, C, H, W), generate the remaining T - k
+        frames of the model's clip length T; returns the whole clip (B, T, C, H, W).
+
+        `complete` with the first k frames known (the protocol of VPN and the video models); options
+        as in `sample`.
+        """
+        shape = self.data_shape
+        if len(shape) != 4:
+            raise ValueError(f"predict is for video models (data (T, C, H, W)), given a model of data shape {shape}")
+        if not isinstance(context, Tensor) or context.dim() != 5 or tuple(context.shape[2:]) != shape[1:] \
+                or not 1 <= context.shape[1] < shape[0]:
+            given = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+            raise ValueError(f"expected context frames (B, k, {', '.join(map(str, shape[1:]))}) with 1 <= k < "
+                             f"{shape[0]}, given {given}")
+        b, k = context.shape[:2]
+        x = torch.zeros((b, *shape), dtype=torch.long, device=context.device)
+        x[:, :k] = context
+        known = torch.zeros((b, *self.position_shape), dtype=torch.bool, device=context.device)
+        known[:, :k] = True
+        return self.complete(x, known, cond, config, **options)
 
     def check_known(self, known: Tensor, batch: int) -> Tensor:
         """Validate a pixel-level known mask and broadcast it to (B, *spatial)."""
