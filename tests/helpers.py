@@ -4,17 +4,22 @@ from __future__ import annotations
 import torch
 
 import argen
-from argen.registry import tiny_variants
+from argen.registry import get_entry, tiny_variants
 
 # (channels, H, W, levels) tried in order; a model that cannot take a shape says so with ValueError.
 SHAPES = [(1, 5, 6, 4), (3, 4, 4, 4)]
 # the level extremes, run as well wherever they fit: binary data and 8-bit grey
 EXTRA = [(1, 4, 4, 2), (1, 4, 4, 256)]
+# video: (T, C, H, W, levels), tried in order like SHAPES
+VIDEO_SHAPES = [(3, 1, 4, 4, 4), (2, 3, 4, 4, 4)]
+VIDEO_FALLBACK = [(3, 1, 8, 8, 4), (2, 3, 8, 8, 4)]
 
 
-def model_keys() -> list[str]:
-    """Every registered model and each of its tiny variants: "name" or "name:variant"."""
-    return [name if not v else f"{name}:{v}" for name in argen.list_models() for v in tiny_variants(name)]
+def model_keys(modality: str = "image") -> list[str]:
+    """Every registered model of `modality` ("image" or "video") and each of its tiny variants:
+    "name" or "name:variant"."""
+    return [name if not v else f"{name}:{v}" for name in argen.list_models()
+            if get_entry(name).modality == modality for v in tiny_variants(name)]
 
 
 def split_key(key: str) -> tuple[str, dict]:
@@ -22,11 +27,14 @@ def split_key(key: str) -> tuple[str, dict]:
     return name, tiny_variants(name)[variant]
 
 
-def make_tiny(key: str, image_shape: tuple[int, int, int], levels: int, **extra) -> argen.models.ARModel | None:
-    """The model ("name" or "name:variant") in its tiny config at this shape, or None when it rejects the shape."""
+def make_tiny(key: str, image_shape: tuple[int, ...], levels: int, **extra) -> argen.models.ARModel | None:
+    """The model ("name" or "name:variant") in its tiny config at this shape, or None when it rejects the shape.
+
+    A 4-tuple shape (T, C, H, W) is a video model's `video_shape`.
+    """
     name, kw = split_key(key)
     kw.update(extra)
-    kw["image_shape"] = image_shape
+    kw["video_shape" if len(image_shape) == 4 else "image_shape"] = image_shape
     kw["levels"] = levels
     try:
         model = argen.create_model(name, **kw)
@@ -44,6 +52,15 @@ def tiny_shapes(key: str) -> list[tuple[tuple[int, int, int], int]]:
         fitting = [s for s in fitting if make_tiny(key, *s) is not None]
     assert fitting, f"{key} accepts none of the conformance shapes"
     return fitting + [((c, h, w), lv) for c, h, w, lv in EXTRA if make_tiny(key, (c, h, w), lv) is not None]
+
+
+def tiny_video_shapes(key: str) -> list[tuple[tuple[int, int, int, int], int]]:
+    """Video shapes ((T, C, H, W), levels) the video conformance suite runs a model at."""
+    for table in (VIDEO_SHAPES, VIDEO_FALLBACK):
+        fitting = [((t, c, h, w), lv) for t, c, h, w, lv in table if make_tiny(key, (t, c, h, w), lv) is not None]
+        if fitting:
+            return fitting
+    raise AssertionError(f"{key} accepts none of the video conformance shapes")
 
 
 def random_images(model, batch: int, seed: int = 0) -> torch.Tensor:

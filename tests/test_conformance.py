@@ -17,8 +17,8 @@ from argen.positions import at, put
 from argen.registry import get_entry, tiny_kwargs
 from tests.helpers import cond_table, lp, make_tiny, model_keys, random_images, tiny_shapes
 
-NAMES = argen.list_models()
-MODELS = model_keys()  # every model and each registered tiny variant ("image_transformer:full", ...)
+NAMES = [n for n in argen.list_models() if get_entry(n).modality == "image"]  # video: test_video_conformance.py
+MODELS = model_keys("image")  # every image model and each registered tiny variant ("image_transformer:full", ...)
 CASES = [(name, shape, levels) for name in MODELS for shape, levels in tiny_shapes(name)]
 
 

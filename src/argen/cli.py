@@ -39,7 +39,8 @@ from argen.runs import device_arg as _device
 from argen.runs import is_main_process as _is_main_process
 
 #: Modules contributing subcommands; each defines `register(subparsers) -> None`.
-COMMAND_MODULES: list[str] = ["argen.compress.commands", "argen.metrics.commands", "argen.tokenizers.commands"]
+COMMAND_MODULES: list[str] = ["argen.compress.commands", "argen.metrics.commands", "argen.tokenizers.commands",
+                              "argen.video_commands"]
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
@@ -534,19 +535,40 @@ def format_quality(quality: dict[str, Any]) -> str:
 IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".ppm")
 
 
-def check_image_output(path: str | os.PathLike[str], option: str = "-o") -> Path:
-    """Check an output image path before sampling: a lossless format, not a folder, in a folder that exists.
+def check_image_output(path: str | os.PathLike[str], option: str = "-o", video: bool | None = False) -> Path:
+    """Check an output path before sampling: a lossless image format (`video=True`: .gif or .mp4,
+    `video=None`: either, for a check before the model is loaded), not a folder, in a folder that exists.
 
-    An existing file is fine (it is replaced atomically once the grid is ready).
+    An existing file is fine (it is replaced atomically once the grid or clip is ready).
     """
+    from argen.data.video_io import VIDEO_SUFFIXES, check_video_path
     from argen.metrics.commands import check_output_file
 
     out = Path(path)
     check_output_file(out, option)
-    if out.suffix.lower() not in IMAGE_SUFFIXES:
+    suffix = out.suffix.lower()
+    if video or (video is None and suffix in VIDEO_SUFFIXES):
+        return check_video_path(out, option)
+    if suffix not in IMAGE_SUFFIXES:
+        also = f" (a video model writes {', '.join(VIDEO_SUFFIXES)})" if video is None else ""
         raise ValueError(f"{option} {str(out)!r}: expected a lossless image file ending in "
-                         f"{', '.join(IMAGE_SUFFIXES)}, given suffix {out.suffix or '(none)'!r}")
+                         f"{', '.join(IMAGE_SUFFIXES)}{also}, given suffix {out.suffix or '(none)'!r}")
     return out
+
+
+def _is_video(model: Any) -> bool:
+    return len(model.data_shape) == 4
+
+
+def _write_output(x: Any, model: Any, output: Path, nrow: int | None) -> str:
+    """Images: a grid; video: a GIF/MP4 (clips tiled `nrow` per row) and a PNG strip beside it."""
+    from argen.data.images import save_grid
+    from argen.data.video_io import strip_path, write_strip, write_video
+
+    if not _is_video(model):
+        return str(save_grid(x, model.levels, output, nrow=nrow))  # atomic: temporary file, then rename
+    write_video(x, model.levels, output, nrow=nrow)
+    return f"{output} (strip of frames: {write_strip(x, model.levels, strip_path(output))})"
 
 
 def _check_image_levels(model: Any) -> None:
@@ -564,14 +586,16 @@ def _check_image_levels(model: Any) -> None:
 def register_sample(sub: Any) -> None:
     from argen.fields import int_arg
 
-    p = sub.add_parser("sample", help="draw samples from a trained model into an image grid")
+    p = sub.add_parser("sample", help="draw samples from a trained model into an image grid (video: a GIF + PNG strip)")
     p.add_argument("run", help="run directory written by `argen train`")
     p.add_argument("-n", "--num", type=int_arg(ge=1), default=64, help="number of samples (default: 64)")
-    p.add_argument("-o", "--output", default="samples.png",
-                   help=f"output image, one of {', '.join(IMAGE_SUFFIXES)}; an existing file is replaced atomically (default: samples.png)")
+    p.add_argument("-o", "--output", default=None,
+                   help=f"output image, one of {', '.join(IMAGE_SUFFIXES)}; for a video model .gif (or .mp4 with "
+                        "imageio-ffmpeg), with a PNG strip of frames beside it; an existing file is replaced "
+                        "atomically (default: samples.png, or samples.gif for video)")
     p.add_argument("--class", dest="klass", type=int_arg(ge=0), default=None, metavar="K",
                    help="class label for every sample (class-conditional models; default: cycle 0..C-1)")
-    p.add_argument("--nrow", type=int_arg(ge=1), default=None, help="images per grid row")
+    p.add_argument("--nrow", type=int_arg(ge=1), default=None, help="images per grid row (video: clips per row)")
     _add_sampling(p)
     _add_device(p)
     p.set_defaults(func=cmd_sample)
@@ -580,30 +604,42 @@ def register_sample(sub: Any) -> None:
 def cmd_sample(args: argparse.Namespace) -> int:
     import torch
 
-    from argen.data.images import save_grid
-
     if args.num < 1:
         raise ValueError(f"-n must be >= 1, given {args.num}")
-    output = check_image_output(args.output)  # before sampling, not after
+    output = check_image_output(args.output or "samples.png", video=None)  # before sampling, not after
     model = load_run(args.run, _device(args.device)).eval()
     _check_image_levels(model)
+    if args.output is None and _is_video(model):
+        output = Path("samples.gif")
+    output = check_image_output(output, video=_is_video(model))
     cond = _labels(model, args.num, args.klass)
     x0 = torch.zeros((args.num, *model.data_shape), dtype=torch.long, device=model.device)
     x = _generate(model, x0, None, cond, args)
-    path = save_grid(x.cpu(), model.levels, output, nrow=args.nrow)  # atomic: temporary file, then rename
-    print(f"argen: wrote {args.num} samples to {path}")
+    print(f"argen: wrote {args.num} samples to {_write_output(x.cpu(), model, output, args.nrow)}")
     return EXIT_OK
 
 
 # ----- complete ---------------------------------------------------------------------------------
-MASKS = ("top-half", "bottom-half", "left-half", "right-half", "center", "random")
+MASKS = ("top-half", "bottom-half", "left-half", "right-half", "center", "random", "future")
 
 
 def hidden_mask(kind: str, n: int, spatial: Sequence[int], seed: int = 0) -> Any:
-    """(n, *spatial) bool, True where pixels are hidden (to be filled); the last two dims are H, W."""
+    """(n, *spatial) bool, True where pixels are hidden (to be filled); the last two dims are H, W.
+
+    For video positions (T, H, W) the spatial masks hide the same region of every frame, and
+    `future` hides every frame after the first half (t >= T // 2; at least the last frame), the
+    prediction protocol as a completion.
+    """
     import torch
 
     *lead, h, w = spatial
+    if kind == "future":
+        if len(spatial) != 3:
+            raise ValueError(f"--mask future hides the later frames of a video; expected positions (T, H, W), "
+                             f"given {tuple(spatial)} (an image model)")
+        t = spatial[0]
+        frames = torch.arange(t) >= min(t // 2, t - 1) if t > 1 else torch.ones(1, dtype=torch.bool)
+        return frames.view(1, t, 1, 1).expand(n, t, h, w).clone()
     rows = torch.arange(h)[:, None].expand(h, w)
     cols = torch.arange(w)[None, :].expand(h, w)
     if kind == "top-half":
@@ -627,13 +663,17 @@ def hidden_mask(kind: str, n: int, spatial: Sequence[int], seed: int = 0) -> Any
 def register_complete(sub: Any) -> None:
     from argen.fields import int_arg
 
-    p = sub.add_parser("complete", help="fill in hidden parts of test images (grid: original, masked, completed)")
+    p = sub.add_parser("complete", help="fill in hidden parts of test images (grid: original, masked, completed); "
+                                        "video: a GIF + PNG strip")
     p.add_argument("run", help="run directory written by `argen train`")
-    p.add_argument("--mask", required=True, choices=MASKS, help="the region to hide and fill in")
+    p.add_argument("--mask", required=True, choices=MASKS,
+                   help="the region to hide and fill in (video: the region in every frame; future: the frames after "
+                        "the first half)")
     p.add_argument("-n", "--num", type=int_arg(ge=1), default=8, help="number of images (default: 8)")
-    p.add_argument("-o", "--output", default="completions.png",
-                   help=f"output image, one of {', '.join(IMAGE_SUFFIXES)}; an existing file is replaced "
-                        "atomically (default: completions.png)")
+    p.add_argument("-o", "--output", default=None,
+                   help=f"output image, one of {', '.join(IMAGE_SUFFIXES)}; for a video model .gif (or .mp4), each "
+                        "row one clip: original | masked | completed, with a PNG strip beside it; an existing file is "
+                        "replaced atomically (default: completions.png, or completions.gif for video)")
     p.add_argument("--data", default=None, help="dataset (default: the one the run trained on)")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files, where it needs one")
     p.add_argument("--split", default="test", help="split the images come from (default: test)")
@@ -650,19 +690,35 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
     if args.num < 1:
         raise ValueError(f"-n must be >= 1, given {args.num}")
-    output = check_image_output(args.output)  # before sampling, not after
+    output = check_image_output(args.output or "completions.png", video=None)  # before sampling, not after
     model = load_run(args.run, _device(args.device)).eval()
     _check_image_levels(model)
+    video = _is_video(model)
+    objective = getattr(type(model), "objective", "likelihood")
+    if objective != "likelihood":
+        raise ValueError(f"{model.model_name!r} has no likelihood to complete with (objective {objective!r}); "
+                         "expected a likelihood model" + (" (frame predictors: argen predict)" if video else ""))
+    if args.output is None and video:
+        output = Path("completions.gif")
+    output = check_image_output(output, video=video)
+    shape = tuple(model.data_shape)
+    positions = (*shape[:-3], *shape[-2:])  # (H, W) or (T, H, W): the known mask's shape
+    hidden_mask(args.mask, 1, positions, args.seed)  # a video-only mask on an image model: refused before work
     ds = run_dataset(run_description(args.run), args.data, args.data_root, args.split, model)
     n = min(args.num, len(ds))
     items = [ds[i] for i in range(n)]
     x = torch.stack([it[0] for it in items]).to(model.device)
     y = torch.stack([it[1] for it in items]).to(model.device)
     cond = batch_condition(model.cond_spec, y)
-    hidden = hidden_mask(args.mask, n, model.spatial_shape, args.seed).to(model.device)
+    hidden = hidden_mask(args.mask, n, positions, args.seed).to(model.device)
     completed = _generate(model, x, ~hidden, cond, args)
     fill = (model.levels - 1) // 2  # hidden pixels show as mid grey (black for binary data)
     masked = x.masked_fill(hidden.unsqueeze(-3), fill)
+    if video:  # each clip's original, masked and completed versions side by side
+        both = torch.stack([x, masked, completed], 1).flatten(0, 1).cpu()
+        path = _write_output(both, model, output, 3)
+        print(f"argen: wrote {n} completions ({args.mask} hidden) to {path}: each row original | masked | completed")
+        return EXIT_OK
     grid = torch.cat([x, masked, completed]).cpu()
     path = save_grid(grid, model.levels, output, nrow=n)  # atomic: temporary file, then rename
     print(f"argen: wrote {n} completions ({args.mask} hidden) to {path}: rows are original, masked, completed")

@@ -10,24 +10,50 @@ A name is a base followed by zero or more view suffixes, applied left to right
                    (apt install dataset-fashion-mnist), else <data home>/fashion-mnist
   cifar10          python pickle batches in `root` (default <data home>/cifar10)
   moving-mnist     20-frame 64x64 clips of 2 embedded digits, (20, 1, 64, 64), unlabelled
+  mnist-test-seq   the canonical Moving MNIST file mnist_test_seq.npy (20, N, 64, 64) uint8 ->
+                   items (20, 1, 64, 64); found at `root` (the file or its folder), else
+                   <data home>/moving-mnist/; also `mnist-test-seq:PATH`. Split: the first 90% of
+                   the sequences train, the last 10% test
   folder:PATH      a folder of images (see readers.read_image_folder)
   npy:PATH         a .npy / .npz array file (see readers.read_npy)
+  bair:PATH        BAIR robot pushing, preprocessed: an array file (N, T, 64, 64, 3) uint8 (.npy,
+                   memory-mapped, or .npz), or a folder of trajectory folders of frames 0.png,
+                   1.png, ...; `train/` + `test/` sub-folders are the splits, else every 10th clip
+                   is test (readers.read_bair)
+  video-folder:PATH  a folder of video files (.gif; .mp4 etc. with imageio-ffmpeg), cut into
+                   clips of 16 frames (-Nf sets the length) without overlap; every 10th clip is
+                   test (readers.read_video_folder)
 
-For `folder:` and `npy:` a relative PATH is taken relative to `root` when given; view suffixes
+Video bases take clip options right after the base name, before the view suffixes:
+  -Nf   the first N frames of every clip (for video-folder: clips of N frames)
+  -S    frames area-downscaled to S x S (S divides the side: moving-mnist-32 averages 2x2 blocks
+        of the 64x64 canvas, so the digits move exactly as in the standard 64x64 clips)
+so `moving-mnist-32-10f-binary` is the first 10 frames at 32x32, binarized (v >= 128 after the
+average). For the path bases a relative PATH is taken relative to `root` when given; suffixes
 are split off PATH only when PATH itself does not exist. Splits are 'train', 'test' and 'all';
 they never depend on `seed`, which only drives random views and Moving MNIST.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+import numpy as np
 
 from argen.data import readers
 from argen.data.dataset import ArgenDataset, ArraySource, Source
 from argen.data.embedded import embedded_mnist
 from argen.data.paths import DEBIAN_FASHION_MNIST, EMBEDDED_MNIST, data_home
-from argen.data.video import DEFAULT_NUM_SEQUENCES, MovingMnistConfig, MovingMnistSource
+from argen.data.video import (
+    DEFAULT_NUM_SEQUENCES,
+    ClipSource,
+    FrameFolderSource,
+    IndexedSource,
+    MovingMnistConfig,
+    MovingMnistSource,
+)
 from argen.data.views import VIEW_HELP, View, split_view_suffix
 
 MNIST_CLASSES = [str(i) for i in range(10)]
@@ -128,6 +154,42 @@ def _moving_mnist(split: str, root: Path | None, seed: int) -> tuple[Source, lis
     return MovingMnistSource(digits, split, seed, DEFAULT_NUM_SEQUENCES[split], MovingMnistConfig()), None
 
 
+def _test_seq_path(root: Path | None) -> Path:
+    if root is not None:
+        return root if root.is_file() else root / readers.MNIST_TEST_SEQ
+    return data_home() / "moving-mnist" / readers.MNIST_TEST_SEQ
+
+
+def _test_seq_source(path: Path, split: str) -> Source:
+    array, idx = readers.read_mnist_test_seq(path, split)
+    t, _, h, w = array.shape
+    return IndexedSource(array, idx, (t, 1, h, w), layout="tn", convert=lambda a: a[:, None])
+
+
+def _mnist_test_seq(split: str, root: Path | None, seed: int) -> tuple[Source, list[str] | None]:
+    return _test_seq_source(_test_seq_path(root), split), None
+
+
+def _mnist_test_seq_path(path: Path, split: str) -> tuple[Source, list[str] | None]:
+    return _test_seq_source(path, split), None
+
+
+def _bair(path: Path, split: str) -> tuple[Source, list[str] | None]:
+    array, keys, shape = readers.read_bair(path, split)
+    if array is None:
+        return FrameFolderSource(list(keys), shape[0], shape), None
+    return IndexedSource(array, np.asarray(keys), shape, convert=lambda a: readers.video_to_tchw(a[None], str(path))[0]), None
+
+
+#: Clip length of `video-folder:` when no -Nf is given.
+VIDEO_FOLDER_FRAMES = 16
+
+
+def _video_folder(path: Path, split: str, frames: int | None = None) -> tuple[Source, list[str] | None]:
+    clips = readers.read_video_folder(path, frames or VIDEO_FOLDER_FRAMES, split)
+    return ArraySource(clips, None, 256), None
+
+
 def _folder(path: Path, split: str) -> tuple[Source, list[str] | None]:
     images, labels, classes = readers.read_image_folder(path, split)
     return ArraySource(images, labels, 256, None if classes is None else len(classes)), classes
@@ -144,28 +206,73 @@ BASES: dict[str, Base] = {
     "fashion-mnist": _idx_base("fashion-mnist", FASHION_MNIST_CLASSES),
     "cifar10": _cifar10,
     "moving-mnist": _moving_mnist,
+    "mnist-test-seq": _mnist_test_seq,
 }
-PATH_BASES = {"folder": _folder, "npy": _npy}
+PATH_BASES = {"folder": _folder, "npy": _npy, "bair": _bair, "video-folder": _video_folder,
+              "mnist-test-seq": _mnist_test_seq_path}
+
+
+@dataclass(frozen=True)
+class ClipOption:
+    """A clip option of a video base (`-10f`: the first 10 frames; `-32`: 32x32 frames)."""
+
+    suffix: str
+    frames: int | None = None
+    size: int | None = None
+
+
+_CLIP_SUFFIX = re.compile(r"-(\d+)(f?)$")
+
+
+def split_clip_suffix(name: str) -> tuple[str, ClipOption] | None:
+    """'moving-mnist-32' -> ('moving-mnist', ClipOption('32', size=32)); None if no clip option ends it."""
+    m = _CLIP_SUFFIX.search(name)
+    if m is None:
+        return None
+    n = int(m.group(1))
+    opt = ClipOption(f"{n}f", frames=n) if m.group(2) else ClipOption(str(n), size=n)
+    return name[: m.start()], opt
+
+
+def _split_suffix(name: str) -> tuple[str, View | ClipOption] | None:
+    return split_view_suffix(name) or split_clip_suffix(name)
+
+
+def _clip_options(name: str, parts: list[View | ClipOption]) -> tuple[list[ClipOption], list[View]]:
+    """Separate clip options (which must come first, right after the base) from the views."""
+    clips = [p for p in parts if isinstance(p, ClipOption)]
+    views = [p for p in parts if not isinstance(p, ClipOption)]
+    if parts[: len(clips)] != clips:
+        raise ValueError(f"dataset {name!r}: clip options (-Nf, -S) come right after the base name, before the view "
+                         f"suffixes, e.g. moving-mnist-32-10f-binary")
+    for kind in ("frames", "size"):
+        if sum(getattr(c, kind) is not None for c in clips) > 1:
+            raise ValueError(f"dataset {name!r}: at most one {'-Nf' if kind == 'frames' else '-S'} option, given "
+                             f"{[c.suffix for c in clips]}")
+    return clips, views
 
 
 def _known_names() -> str:
     bases = list(BASES) + [f"{p}:PATH" for p in PATH_BASES]
-    return f"bases: {', '.join(bases)}; view suffixes: {', '.join(VIEW_HELP)}"
+    return f"bases: {', '.join(bases)}; view suffixes: {', '.join(VIEW_HELP)}; video clip options: -Nf, -S"
 
 
-def parse_name(name: str, root: str | Path | None = None) -> tuple[str, Path | None, list[View]]:
-    """'mnist-color-3bit' -> ('mnist', None, [Colorize, Quantize(3)]); 'npy:x.npy' -> ('npy', path, [])."""
+def parse_name(name: str, root: str | Path | None = None) -> tuple[str, Path | None, list[Any]]:
+    """'mnist-color-3bit' -> ('mnist', None, [Colorize, Quantize(3)]); 'npy:x.npy' -> ('npy', path, []).
+
+    The list holds the view suffixes and, for video bases, the clip options (`ClipOption`) first.
+    """
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"dataset name must be a non-empty string, given {name!r}; {_known_names()}")
     name = name.strip()
     kind, sep, rest = name.partition(":")
     if sep and kind.lower() in PATH_BASES:
-        views: list[View] = []
+        views: list[Any] = []
         path = Path(rest).expanduser()
         if root is not None and not path.is_absolute():
             path = Path(root).expanduser() / path
         while not path.exists():
-            parsed = split_view_suffix(path.name)
+            parsed = _split_suffix(path.name)
             if parsed is None or not parsed[0]:
                 break
             path = path.with_name(parsed[0])
@@ -175,7 +282,7 @@ def parse_name(name: str, root: str | Path | None = None) -> tuple[str, Path | N
         return kind.lower(), path, views
     base, views = name.lower(), []
     while base not in BASES:
-        parsed = split_view_suffix(base)
+        parsed = _split_suffix(base)
         if parsed is None:
             raise ValueError(f"unknown dataset {name!r}; {_known_names()}")
         base = parsed[0]
@@ -188,12 +295,20 @@ def load_dataset(name: str, split: str = "train", *, root: str | None = None, se
     readers.check_split(split)
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, given {seed!r}")
-    base, path, views = parse_name(name, root)
-    if path is not None:
+    base, path, parts = parse_name(name, root)
+    clips, views = _clip_options(name, parts)
+    frames = next((c.frames for c in clips if c.frames is not None), None)
+    size = next((c.size for c in clips if c.size is not None), None)
+    if path is not None and base == "video-folder":
+        source, classes = _video_folder(path, split, frames)
+        frames = None  # the clip length, already cut
+    elif path is not None:
         source, classes = PATH_BASES[base](path, split)
     else:
         source, classes = BASES[base](split, None if root is None else Path(root).expanduser(), seed)
-    full = (f"{base}:{path}" if path is not None else base) + "".join(f"-{v.suffix}" for v in views)
+    if frames is not None or size is not None:
+        source = ClipSource(source, frames, size)
+    full = (f"{base}:{path}" if path is not None else base) + "".join(f"-{v.suffix}" for v in parts)
     return ArgenDataset(full, source, views, seed=seed, split=split, class_names=classes)
 
 
@@ -219,6 +334,17 @@ def list_datasets(root: str | None = None) -> list[DatasetInfo]:
                     (3, 28, 28), 256, 10, *emb),
         DatasetInfo("moving-mnist", "Moving MNIST: 20 frames, 2 embedded digits bouncing on 64x64 "
                     "(10,000 train / 1,000 test clips, generated)", (20, 1, 64, 64), 256, None, *emb),
+        DatasetInfo("moving-mnist-10f", "Moving MNIST, the first 10 frames (any -Nf, N <= 20)",
+                    (10, 1, 64, 64), 256, None, *emb),
+        DatasetInfo("moving-mnist-32", "Moving MNIST at 32x32 (2x2 area downscale of the 64x64 canvas)",
+                    (20, 1, 32, 32), 256, None, *emb),
+        DatasetInfo("moving-mnist-32-10f-binary", "Moving MNIST, 10 frames of 32x32, binarized (v >= 128)",
+                    (10, 1, 32, 32), 2, None, *emb),
+        DatasetInfo("moving-mnist-32-10f-2bit", "Moving MNIST, 10 frames of 32x32, 4 levels",
+                    (10, 1, 32, 32), 4, None, *emb),
+        DatasetInfo("mnist-test-seq", "the canonical Moving MNIST file mnist_test_seq.npy (20, N, 64, 64); "
+                    "first 90% train / last 10% test; also mnist-test-seq:PATH",
+                    (20, 1, 64, 64), 256, None, *_test_seq_where(root)),
         DatasetInfo("mnist-full", "full MNIST, 60,000 train / 10,000 test, IDX files",
                     (1, 28, 28), 256, 10, *where("mnist-full")),
         DatasetInfo("fashion-mnist", "Fashion-MNIST, 60,000 train / 10,000 test, IDX files",
@@ -230,5 +356,14 @@ def list_datasets(root: str | None = None) -> list[DatasetInfo]:
         DatasetInfo("npy:PATH", "uint8 (or uint16 codes) array file .npy (+ <stem>_labels.npy) or .npz "
                     "(images, labels, levels)",
                     (), 256, None, True, "PATH"),
+        DatasetInfo("bair:PATH", "BAIR robot pushing: (N, T, 64, 64, 3) uint8 .npy/.npz, or a folder of trajectory "
+                    "folders of frames 0.png, 1.png, ...", (), 256, None, True, "PATH"),
+        DatasetInfo("video-folder:PATH", f"a folder of video files (.gif; .mp4 with imageio-ffmpeg), clips of "
+                    f"{VIDEO_FOLDER_FRAMES} frames (-Nf sets the length)", (), 256, None, True, "PATH"),
     ]
     return out
+
+
+def _test_seq_where(root: str | None) -> tuple[bool, str]:
+    path = _test_seq_path(None if root is None else Path(root).expanduser())
+    return path.is_file(), str(path)

@@ -361,3 +361,186 @@ def read_npy(path: str | Path, split: str, *, with_levels: bool = False) -> Any:
     keep = positional_split(len(data), split)
     out = data[keep], (labels[keep] if labels is not None else None)
     return (*out, levels) if with_levels else out
+
+
+# ---------------------------------------------------------------------------------------------
+# video: Moving MNIST's mnist_test_seq.npy, BAIR robot pushing, folders of video files
+
+#: The canonical Moving MNIST file (Srivastava et al.): uint8 (T=20, N=10000, 64, 64), time first.
+MNIST_TEST_SEQ = "mnist_test_seq.npy"
+VIDEO_SUFFIXES = (".gif", ".mp4", ".avi", ".mov", ".webm", ".mkv")
+
+
+def first_last_split(n: int, split: str, what: str) -> np.ndarray:
+    """Indices of `split` for sequences with no published split: the first 90% train, the last
+    10% test (contiguous, so the test clips are one block, as usually done with mnist_test_seq)."""
+    check_split(split)
+    n_test = n // 10
+    idx = np.arange(n)
+    if split == "all":
+        return idx
+    out = idx[n - n_test:] if split == "test" else idx[: n - n_test]
+    if len(out) == 0:
+        raise ValueError(f"{what}: split {split!r} of {n} sequences is empty (test is the last 10%); use split='all'")
+    return out
+
+
+def read_mnist_test_seq(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """mnist_test_seq.npy -> (the (T, N, H, W) uint8 array, memory-mapped; the indices of `split`).
+
+    Item i of the split is `array[:, indices[i]]` with a channel axis added: (T, 1, H, W).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / MNIST_TEST_SEQ
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (the Moving MNIST file {MNIST_TEST_SEQ}, shape (20, N, 64, 64))")
+    try:
+        a = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"{path}: not a NumPy array file ({e})") from None
+    if a.dtype != np.uint8 or a.ndim != 4:
+        raise ValueError(f"{path}: expected uint8 (T, N, H, W) like mnist_test_seq.npy's (20, 10000, 64, 64), "
+                         f"given {a.dtype} {a.shape}")
+    return a, first_last_split(a.shape[1], split, str(path))
+
+
+def video_to_tchw(a: np.ndarray, where: str) -> np.ndarray:
+    """Clips (N, T, H, W, C) or (N, T, C, H, W) (or (N, T, H, W) grey, W > 3) uint8 -> (N, T, C, H, W)."""
+    if a.dtype != np.uint8:
+        raise ValueError(f"{where}: expected uint8 clips, given dtype {a.dtype}")
+    if a.ndim == 4 and a.shape[-1] not in (1, 3):  # (N, H, W, 3) is a batch of images, not grey clips
+        return a[:, :, None]
+    if a.ndim == 5 and a.shape[2] in (1, 3):
+        return a
+    if a.ndim == 5 and a.shape[4] in (1, 3):
+        return a.transpose(0, 1, 4, 2, 3)
+    raise ValueError(f"{where}: expected clips (N, T, H, W, C) or (N, T, C, H, W) with C in (1, 3), given shape {a.shape}")
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    """Frame images named by their index (0.png, 1.png, ..., or frame_00.png), in numeric order."""
+    import re
+
+    keyed = []
+    for p in _image_files(folder):
+        m = re.search(r"(\d+)$", p.stem)
+        if m is None:
+            raise ValueError(f"{folder}: frame file {p.name} has no frame number (expected 0.png, 1.png, ...)")
+        keyed.append((int(m.group(1)), p))
+    return [p for _, p in sorted(keyed)]
+
+
+def read_frame_folder(folder: str | Path, num_frames: int | None = None) -> np.ndarray:
+    """One trajectory folder of numbered frames -> uint8 (T, C, H, W) (the first `num_frames`)."""
+    from argen.data.images import read_image
+
+    folder = Path(folder)
+    files = _frame_files(folder)[:num_frames]
+    if not files:
+        raise FileNotFoundError(f"{folder}: no frame images (0.png, 1.png, ...)")
+    frames = [read_image(p) for p in files]
+    if any(f.shape != frames[0].shape for f in frames):
+        raise ValueError(f"{folder}: frames differ in shape ({sorted({f.shape for f in frames})})")
+    a = np.stack(frames)
+    return a[:, None] if a.ndim == 3 else a.transpose(0, 3, 1, 2)
+
+
+def read_bair(path: str | Path, split: str) -> tuple[Any, list[Any] | np.ndarray, tuple[int, ...]]:
+    """BAIR robot pushing in a common preprocessed layout -> (what holds the clips, the split's keys, item shape).
+
+    Layouts: (a) an array file `.npy` (memory-mapped) or `.npz` (key `videos`, `images` or its only
+    array) of uint8 clips (N, T, 64, 64, 3) or (N, T, 3, 64, 64): returns (array, indices,
+    shape); (b) a folder of trajectory folders, each holding frames 0.png, 1.png, ...: returns
+    (None, folders, shape). Either may sit in `train/` and `test/` sub-folders (those are the
+    splits); otherwise the positional split (every 10th clip is test).
+    """
+    check_split(split)
+    root = Path(path)
+    if root.is_dir() and (root / "train").is_dir() and (root / "test").is_dir():
+        parts = [read_bair(root / s, "all") for s in (["train", "test"] if split == "all" else [split])]
+        if len(parts) == 1:
+            return parts[0]
+        if any(p[0] is not None for p in parts) or parts[0][2] != parts[1][2]:
+            raise ValueError(f"{root}: split 'all' of train/ and test/ needs trajectory folders of one shape in both")
+        return None, [f for p in parts for f in p[1]], parts[0][2]
+    if root.is_file() or (not root.exists() and root.suffix):
+        if not root.is_file():
+            raise FileNotFoundError(f"BAIR array file {root} does not exist")
+        if root.suffix == ".npy":
+            a = np.load(root, mmap_mode="r", allow_pickle=False)
+        elif root.suffix == ".npz":
+            with np.load(root, allow_pickle=False) as z:
+                keys = [k for k in ("videos", "images") if k in z] or (z.files if len(z.files) == 1 else [])
+                if not keys:
+                    raise ValueError(f"{root}: .npz needs a 'videos' or 'images' array, given {sorted(z.files)}")
+                a = z[keys[0]]
+        else:
+            raise ValueError(f"{root}: expected a .npy or .npz array of clips, or a folder of trajectories")
+        shape = video_to_tchw(a[:0], str(root)).shape[1:]
+        return a, positional_split(len(a), split), tuple(int(s) for s in shape)
+    if not root.is_dir():
+        raise FileNotFoundError(f"BAIR data {root} does not exist")
+    folders = [d for d in _class_dirs(root) if _image_files(d)]
+    if not folders:
+        raise FileNotFoundError(f"{root}: no trajectory folders holding frames 0.png, 1.png, ...")
+    counts = {d: len(_image_files(d)) for d in folders}
+    t = min(counts.values())
+    if len(set(counts.values())) > 1:
+        raise ValueError(f"{root}: trajectories must all have one number of frames, given {sorted(set(counts.values()))}")
+    first = read_frame_folder(folders[0], t)
+    keep = positional_split(len(folders), split)
+    return None, [folders[i] for i in keep], tuple(int(s) for s in first.shape)
+
+
+def read_video_file(path: str | Path) -> np.ndarray:
+    """A video file (.gif; .mp4 and others when imageio's ffmpeg plugin is installed) -> uint8 (N, H, W, C)."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    try:
+        a = np.asarray(iio.imread(path, index=None))
+    except Exception as e:  # noqa: BLE001 - each plugin raises its own errors
+        hint = " (reading .mp4 needs `pip install imageio-ffmpeg`)" if path.suffix.lower() != ".gif" else ""
+        raise ValueError(f"{path}: cannot read it as a video ({type(e).__name__}: {e}){hint}") from None
+    if a.ndim == 3:  # (N, H, W) grey
+        a = a[..., None]
+    if a.dtype != np.uint8 or a.ndim != 4:
+        raise ValueError(f"{path}: expected 8-bit frames (N, H, W, C), given {a.dtype} {a.shape}")
+    if a.shape[-1] in (2, 4):  # drop alpha (GIF frames come as RGBA from some plugins)
+        a = a[..., :-1]
+    return a
+
+
+def read_video_folder(path: str | Path, length: int, split: str) -> np.ndarray:
+    """A folder of video files -> clips uint8 (M, length, C, H, W) cut from each file.
+
+    Each file (sorted by name) gives clips of `length` frames without overlap (frames
+    [0, T), [T, 2T), ...; a shorter tail is dropped, a file shorter than T gives none). C is 1 when
+    every frame of every file is grey (R == G == B), else 3. Split: the positional split over the
+    clips (every 10th clip is test).
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"video folder {root} does not exist")
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"{root}: no video files ({', '.join(VIDEO_SUFFIXES)})")
+    clips, size = [], None
+    for f in files:
+        a = read_video_file(f)
+        if size is None:
+            size = a.shape[1:3]
+        if a.shape[1:3] != size:
+            raise ValueError(f"{root}: videos must all have one frame size; {files[0].name} is {size}, {f.name} is "
+                             f"{a.shape[1:3]}")
+        a = np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a  # one channel count for the stack
+        for s in range(0, len(a) - length + 1, length):
+            clips.append(a[s : s + length])
+    if not clips:
+        raise ValueError(f"{root}: no file has {length} frames (the clip length); choose fewer frames with -Nf")
+    x = np.stack(clips)  # (M, T, H, W, C)
+    if x.shape[-1] == 3 and (x == x[..., :1]).all():
+        x = x[..., :1]
+    x = x.transpose(0, 1, 4, 2, 3)
+    return np.ascontiguousarray(x[positional_split(len(x), split)])

@@ -8,10 +8,19 @@ comes first, then the frame is recorded; a coordinate leaving [0, 1] is clamped 
 component flipped (a bounce). Digits are pasted at the truncated pixel position with an
 elementwise max. Clip i of a split is a pure function of (seed, split, i); train clips use train
 digits and test clips test digits, so no digit crosses the split.
+
+CPU-sized views come from clip options in the dataset name (catalog.py): `ClipSource` keeps the
+first N frames (`-10f`; the trajectories draw all their random numbers before the first step, so
+these are exactly the first frames of the 20-frame clip) and area-downscales frames (`-32`: 2x2
+block averages of the 64x64 canvas, `area_downscale`). Sources for files on disk, read lazily:
+`IndexedSource` (memory-mapped arrays: mnist_test_seq.npy, BAIR arrays) and `FrameFolderSource`
+(BAIR trajectories as folders of numbered frames).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -151,3 +160,101 @@ def clip_dataset(frames: np.ndarray, length: int, stride: int | None = None, *,
                  name: str = "clips", levels: int = 256) -> ArgenDataset:
     """A video dataset of the clips `clips_from_frames` cuts (unlabelled)."""
     return ArgenDataset(name, ArraySource(clips_from_frames(frames, length, stride), None, levels=levels))
+
+
+# ---------------------------------------------------------------------------------------------
+# clip options: fewer frames, smaller frames (name suffixes -Nf and -S, see catalog.py)
+
+
+def area_downscale(x: np.ndarray, factor: int) -> np.ndarray:
+    """Average non-overlapping factor x factor blocks of uint8 (..., H, W), rounding half up.
+
+    The 32x32 Moving MNIST is the 64x64 canvas downscaled this way (the standard dynamics, the
+    digits 14 px), not a second generator setting: one clip gives both sizes, and v >= 128 after
+    the average keeps the strokes' shape under `-binary`.
+    """
+    if factor == 1:
+        return x
+    *lead, h, w = x.shape
+    if h % factor or w % factor:
+        raise ValueError(f"frames of {h}x{w} do not divide into {factor}x{factor} blocks")
+    blocks = x.reshape(*lead, h // factor, factor, w // factor, factor).astype(np.int64)
+    total = blocks.sum((-1, -3))
+    return ((2 * total + factor * factor) // (2 * factor * factor)).astype(x.dtype)
+
+
+class ClipSource:
+    """A video source seen through clip options: its first `frames` frames, frames area-downscaled
+    to `size` x `size`. Items stay a pure function of the index (no randomness is added)."""
+
+    def __init__(self, source: Any, frames: int | None = None, size: int | None = None) -> None:
+        shape = tuple(source.item_shape)
+        if len(shape) != 4:
+            raise ValueError(f"clip options (-Nf, -S) are for video data (T, C, H, W), given items of shape {shape}")
+        t, c, h, w = shape
+        if frames is not None and not 1 <= frames <= t:
+            raise ValueError(f"-{frames}f needs 1 <= frames <= {t} (the clips' length), given {frames}")
+        factor = 1
+        if size is not None:
+            if size < 1 or h != w or h % size:
+                raise ValueError(f"-{size} needs square frames whose side is a multiple of {size}, given {h}x{w}")
+            factor = h // size
+        self.source, self.frames, self.factor = source, frames or t, factor
+        self.levels, self.num_classes = source.levels, source.num_classes
+        self.item_shape = (self.frames, c, h // factor, w // factor)
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def get(self, index: int) -> tuple[np.ndarray, int]:
+        x, y = self.source.get(index)
+        x = x[: self.frames]
+        if self.factor > 1:
+            if self.levels > 256:
+                raise ValueError(f"downscaling averages pixel intensities; given data with {self.levels} levels (codes)")
+            x = area_downscale(x, self.factor)
+        return x, y
+
+
+# ---------------------------------------------------------------------------------------------
+# video files on disk
+
+
+class IndexedSource:
+    """Items of an array-like (N, T, C, H, W) (a memory map, so a 800 MB file costs no memory),
+    taken at `indices`; `layout` 'nt' reads item i as array[idx], 'tn' as array[:, idx]
+    (the (T, N, H, W) layout of mnist_test_seq.npy)."""
+
+    def __init__(self, array: np.ndarray, indices: np.ndarray, item_shape: tuple[int, ...], *,
+                 layout: str = "nt", convert: Any = None, levels: int = 256) -> None:
+        self.array, self.indices, self.layout, self.convert = array, indices, layout, convert
+        self.item_shape, self.levels, self.num_classes = tuple(item_shape), levels, None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def get(self, index: int) -> tuple[np.ndarray, int]:
+        i = int(self.indices[index])
+        x = np.asarray(self.array[i] if self.layout == "nt" else self.array[:, i])
+        x = self.convert(x) if self.convert is not None else x
+        return np.ascontiguousarray(x), -1
+
+
+class FrameFolderSource:
+    """Trajectories stored as folders of numbered frame images (0.png, 1.png, ...), read on demand."""
+
+    def __init__(self, folders: list[Path], num_frames: int, item_shape: tuple[int, ...]) -> None:
+        self.folders, self.num_frames = folders, num_frames
+        self.item_shape, self.levels, self.num_classes = tuple(item_shape), 256, None
+
+    def __len__(self) -> int:
+        return len(self.folders)
+
+    def get(self, index: int) -> tuple[np.ndarray, int]:
+        from argen.data.readers import read_frame_folder
+
+        x = read_frame_folder(self.folders[index], self.num_frames)
+        if tuple(x.shape) != self.item_shape:
+            raise ValueError(f"{self.folders[index]}: frames of shape {tuple(x.shape[1:])}, expected "
+                             f"{self.item_shape[1:]} like the first trajectory")
+        return x, -1

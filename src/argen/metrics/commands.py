@@ -28,6 +28,8 @@ from argen.runs import device_arg
 SEED_MAX = 2**64 - 1
 #: Feature networks by name; anything else must be a network file.
 FEATURE_NAMES = ("inception", "mnist")
+#: Video feature networks of `argen fvd --features`.
+VIDEO_FEATURE_NAMES = ("i3d", "moving-mnist")
 #: Metrics computed from class logits (the features network or --is-network must give them).
 LOGIT_METRICS = ("is", "conf")
 
@@ -81,12 +83,19 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=fid_command)
 
     p = subparsers.add_parser(
-        "fvd", help="Fréchet Video Distance of a video model's samples (needs I3D weights you provide)",
+        "fvd", help="Fréchet Video Distance of a video model's samples (I3D weights you provide, or argen's "
+                    "Moving MNIST video network)",
         description="FVD: I3D (Kinetics-400) logits of clips resized to 224x224 in [-1, 1], averaged over time; "
                     "the Fréchet distance between real and generated clips. No package ships I3D weights: pass a "
-                    "pytorch-i3d state dict such as i3d_pretrained_400.pt with --i3d.")
+                    "pytorch-i3d state dict such as i3d_pretrained_400.pt with --i3d. --features moving-mnist uses "
+                    "argen's small 3-D conv network trained on Moving MNIST instead (shipped, offline, fast): its "
+                    "fvd_moving_mnist is NOT comparable to I3D FVD.")
     p.add_argument("run", help="a run directory of a video model, or a .npy file of clips (N, T, C, H, W)")
-    p.add_argument("--i3d", required=True, metavar="FILE", help="I3D weights (pytorch-i3d layout), e.g. i3d_pretrained_400.pt")
+    p.add_argument("--features", default="i3d", choices=VIDEO_FEATURE_NAMES,
+                   help="i3d (needs --i3d FILE; the real FVD) or moving-mnist (argen's network; not comparable to "
+                        "I3D FVD) (default: i3d)")
+    p.add_argument("--i3d", default=None, metavar="FILE",
+                   help="I3D weights (pytorch-i3d layout), e.g. i3d_pretrained_400.pt (needed for --features i3d)")
     p.add_argument("--frames", type=int_arg(ge=MIN_FRAMES), default=None,
                    help="use the first N frames of every clip (the reference uses 16; I3D needs at least 9)")
     p.add_argument("--metrics", type=_metrics, default=["fid"], help="fid (= FVD) and/or kid (= KVD) (default: fid)")
@@ -319,9 +328,20 @@ def fvd_command(args: argparse.Namespace) -> int:
         raise ValueError(f"expected --metrics among fid, kid for videos, given {args.metrics}")
     if args.frames is not None and args.frames < MIN_FRAMES:
         raise ValueError(f"expected --frames >= {MIN_FRAMES} (I3D's minimum), given {args.frames}")
+    features_name = getattr(args, "features", "i3d")
+    if features_name == "i3d" and not args.i3d:
+        raise ValueError("--features i3d (the default) needs the I3D weights: expected --i3d FILE, given none "
+                         "(or use --features moving-mnist, argen's network; not comparable to I3D FVD)")
+    if features_name != "i3d" and args.i3d:
+        raise ValueError(f"--i3d is for --features i3d, given --features {features_name}")
     check_output_file(args.json, "--json", make_parents=True)
     device = device_arg(args.device)
-    features = i3d_extractor(args.i3d, device)
+    if features_name == "i3d":
+        features = i3d_extractor(args.i3d, device)
+    else:
+        from argen.metrics.features import load_feature_extractor
+
+        features = load_feature_extractor(features_name, device)
     batches, levels, ds, n = _source(args, device, video=True)
     reference: Any = ds
     if args.frames is not None:

@@ -14,7 +14,9 @@ in [0, levels)) and does its own conversion, so a metric never guesses a value r
   the FID Inception-v3 (for example pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`, whose
   classifier layer also gives the Inception Score) or of argen's MNIST classifier.
 
-I3D for FVD lives in `argen.metrics.i3d`.
+I3D for FVD lives in `argen.metrics.i3d`; "moving-mnist", argen's small 3-D conv network trained on
+Moving MNIST and shipped (`argen.metrics.video`), gives video features for a Fréchet distance that
+is not comparable to I3D FVD.
 """
 from __future__ import annotations
 
@@ -314,25 +316,37 @@ def file_extractor(path: str | os.PathLike[str], device: torch.device | str = "c
         return InceptionFeatures(net, identity=ident, has_logits=net.fc is not None,
                                  label=f"Inception-v3 pool features (2048-d) from {path.name}",
                                  logits_note=f"{path.name} holds no classifier layer (fc.weight).").to(device)
+    from argen.metrics.video import VIDEO_FEATURE_LABEL, MovingMnistVideoFeatures, MovingMnistVideoNet
+
+    if MovingMnistVideoNet.matches(state):
+        vnet = MovingMnistVideoNet()
+        vnet.load_state_dict(state)
+        return MovingMnistVideoFeatures(vnet.eval(), name="moving_mnist", identity=ident, has_logits=False,
+                                        label=f"{VIDEO_FEATURE_LABEL}, from {path.name}").to(device)
     if MnistClassifier.matches(state):
         net = MnistClassifier()
         net.load_state_dict(state)
         return MnistFeatures(net, name="mnist", identity=ident, has_logits=True,
                              label=f"MNIST classifier features from {path.name}; NOT comparable to Inception FID").to(device)
     some = ", ".join(sorted(state)[:4])
-    raise ValueError(f"expected {str(path)!r} to be TorchScript or a state dict of the FID Inception-v3 or argen's "
-                     f"MNIST classifier; given a state dict with keys like {some}")
+    raise ValueError(f"expected {str(path)!r} to be TorchScript or a state dict of the FID Inception-v3, argen's "
+                     f"MNIST classifier or its Moving MNIST video network; given a state dict with keys like {some}")
 
 
 def load_feature_extractor(spec: str, device: torch.device | str = "cpu") -> FeatureExtractor:
-    """'inception' | 'mnist' | a path to a network file."""
+    """'inception' | 'mnist' | 'moving-mnist' (video) | a path to a network file."""
     if spec == "inception":
         return inception_extractor(device=device)
     if spec == "mnist":
         return mnist_extractor(device=device)
+    if spec == "moving-mnist":
+        from argen.metrics.video import moving_mnist_video_extractor
+
+        return moving_mnist_video_extractor(device=device)
     if os.path.exists(spec):
         return file_extractor(spec, device)
-    raise ValueError(f"expected features 'inception', 'mnist' or an existing network file, given {spec!r}")
+    raise ValueError(f"expected features 'inception', 'mnist', 'moving-mnist' (video) or an existing network file, "
+                     f"given {spec!r}")
 
 
 def logits_extractor(spec: str | None, features: FeatureExtractor, device: torch.device | str = "cpu") -> FeatureExtractor:

@@ -27,6 +27,8 @@ from argen.metrics.scores import classifier_confidence, inception_score, kernel_
 
 # "is": Inception Score, "conf": the classifier's confidence in its label (both need class logits)
 METRICS = ("fid", "kid", "pr", "is", "conf")
+#: Names of the Fréchet distance for video feature networks (any other network: fid_<name>).
+FRECHET_NAMES = {"i3d": "fvd", "moving_mnist": "fvd_moving_mnist"}
 _LOGIT_METRICS = ("is", "conf")
 CACHE_ENV = "ARGEN_CACHE_DIR"
 
@@ -145,7 +147,8 @@ def reference_statistics(data: str | Any, extractor: FeatureExtractor, *, split:
 
 def compare(real: GaussianStats, fake: GaussianStats, metrics: Sequence[str], prefix: str, *,
             kid_subset_size: int = 1000, pr_k: int = 3, device: torch.device | str | None = None) -> dict[str, float]:
-    """Metric values named `<metric>_<prefix>` (FID of I3D features is named `fvd`).
+    """Metric values named `<metric>_<prefix>` (the FID of video features is named by `FRECHET_NAMES`:
+    `fvd` for I3D, `fvd_moving_mnist` for argen's Moving MNIST network).
 
     `real` and `fake` must keep their raw features for kid and pr.
     """
@@ -154,7 +157,7 @@ def compare(real: GaussianStats, fake: GaussianStats, metrics: Sequence[str], pr
         raise ValueError(f"expected metrics among ('fid', 'kid', 'pr'), given {unknown}")
     out: dict[str, float] = {}
     if "fid" in metrics:
-        out["fvd" if prefix == "i3d" else f"fid_{prefix}"] = real.frechet_distance(fake)
+        out[FRECHET_NAMES.get(prefix, f"fid_{prefix}")] = real.frechet_distance(fake)
     if ("kid" in metrics or "pr" in metrics) and (real.features is None or fake.features is None):
         raise ValueError("KID and precision/recall need the raw features: compute statistics with keep_features=True")
     if "kid" in metrics:
