@@ -22,10 +22,14 @@ under swapping the axes and its major axis is fixed by the shape, so on non-squa
 transposed Hilbert variant equals a mirrored one (4 distinct variants; 8 on squares).
 
 Orders are pure functions of (name, H, W, variant) and cached.
+
+`subscale_order(shape, factors)` is separate from the named orders (it takes factors, and any
+number of axes): the N-d subscale order of the Video Transformer, a list of position tuples.
 """
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Union
 
@@ -240,3 +244,42 @@ def order_for_known(known: Tensor, name: str, variants: Sequence[int] = tuple(ra
         if best_cost is None or cost < best_cost:
             best, best_cost = order, cost
     return order_visiting_first(known, best)
+
+
+# ----- subscale orders (N-d: images (H, W), video (T, H, W)) -------------------------------------
+def _check_subscale(shape: Sequence[int], factors: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    shape, factors = tuple(shape), tuple(factors)
+    if not shape or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in shape):
+        raise ValueError(f"expected a shape of positive integers, given {shape!r}")
+    if len(factors) != len(shape) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in factors):
+        raise ValueError(f"expected {len(shape)} subscale factors >= 1 (one per axis of {shape}), given {factors!r}")
+    return shape, factors
+
+
+def subscale_slice(pos: Sequence[int], factors: Sequence[int]) -> int:
+    """The slice a position belongs to: the lexicographic rank of its offsets (p_i mod s_i)."""
+    index = 0
+    for p, s in zip(pos, factors):
+        index = index * s + p % s
+    return index
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_subscale(shape: tuple[int, ...], factors: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    out: list[tuple[int, ...]] = []
+    for offsets in itertools.product(*(range(s) for s in factors)):
+        out.extend(itertools.product(*(range(o, n, s) for o, n, s in zip(offsets, shape, factors))))
+    return tuple(out)
+
+
+def subscale_order(shape: Sequence[int], factors: Sequence[int]) -> list[tuple[int, ...]]:
+    """Subscale order over an N-d grid (Menick & Kalchbrenner; 3-D in Weissenborn et al.'s Video
+    Transformer): the grid is cut into prod(factors) slices, slice (o_1, ..., o_n) holding the
+    positions p with p_i mod s_i = o_i (every s_i-th position along each axis). Slices are visited
+    in lexicographic order of their offsets, positions inside a slice in raster order.
+
+    `shape` (H, W) for images or (T, H, W) for video; factors need not divide the shape (edge slices
+    are then smaller; a factor above its axis leaves some slices empty). Factors of all 1 give raster.
+    """
+    shape, factors = _check_subscale(shape, factors)
+    return list(_cached_subscale(shape, factors))

@@ -37,6 +37,11 @@ Patterns:
   block itself causally, mh rows above it (reaching mw columns to either side) and mw columns
   to its left; the region's part right of the block in the block's own rows is later in the
   order and masked.
+- `Block3DPattern` (Video Transformer): a (T, H, W) volume cut into blocks of (bt, bh, bw)
+  pixels, positions in any generation order (e.g. subscale slices); a query sees its own block,
+  causally in a masked layer, everything of it in an unmasked one. Its cached calls gather the
+  allowed keys (`DecodeWindow.keys`) instead of reading a slice.
+- `LayerPatterns`: one pattern per layer of a trunk (block shapes alternating between layers).
 
 Positions inside attention: `Rotary` (RoPE over N-d positions, e.g. 2-D for a code grid)
 rotates queries and keys of a self-attention layer (`MultiHeadAttention(..., rotary=)`); it is
@@ -48,6 +53,7 @@ receptive field.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -125,6 +131,10 @@ class DecodeWindow:
     end: int
     lo: int
     mask: Tensor
+    #: optional (K,) long cache slots to read instead of the slice [lo, end) (ascending, all < end;
+    #: `mask` is then (end - start, K)): a pattern whose allowed keys are scattered over the
+    #: sequence (block-local 3-D attention in subscale order) gathers just those.
+    keys: Tensor | None = None
 
 
 # ----- patterns -----------------------------------------------------------------------------------
@@ -339,6 +349,162 @@ class Local2DPattern(AttentionPattern):
         return f"image=({self.height}, {self.width}), channels={self.channels}, block={self.block}, memory={self.memory}"
 
 
+def _members(ids: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """(n, most members) positions of each id 0..n-1 in ascending order, padded with -1 at the end
+    (ids < 0 belong to none), and the (n,) member counts."""
+    pos = torch.nonzero(ids >= 0).squeeze(1)
+    pos = pos[torch.argsort(ids[pos], stable=True)]  # grouped by id, ascending inside each group
+    gid = ids[pos]
+    counts = torch.bincount(gid, minlength=n)
+    out = torch.full((n, max(int(counts.max()) if counts.numel() else 0, 1)), -1, dtype=torch.long)
+    out[gid, torch.arange(len(pos)) - (counts.cumsum(0) - counts)[gid]] = pos
+    return out, counts
+
+
+class Block3DPattern(AttentionPattern):
+    """Block-local attention over a (T, H, W) volume with `channels` positions per pixel.
+
+    The volume is cut into blocks of `block` = (bt, bh, bw) pixels (edge blocks clipped); a query
+    sees the keys whose pixel lies in its own block, and with `causal` (a masked layer) only those
+    at or before it in the sequence; `causal=False` is an unmasked layer (an encoder's). The
+    sequence is the generation `order` of (t, h, w) pixels (default raster), channels innermost:
+    position = rank * C + c. A block need not be contiguous in the sequence: in a subscale order
+    (`argen.orders.subscale_order`) a block is visited once per slice, so a query of a later slice
+    sees its block's pixels of every earlier slice and the earlier ones of its own.
+
+    `key_shift` = s places key position j at the pixel of sequence position j - s (positions
+    j < s belong to no block and are seen by none). A decoder over a shifted slot sequence (slot j
+    carries value j-1 and predicts value j) uses s = 1 in its first layer: slot q then reads
+    exactly the values before q whose pixel lies in q's block, the block's own pixels included,
+    instead of the predecessors of its block's pixels. Later layers use s = 0 (slot features
+    belong to the pixel they predict).
+
+    Cached calls read only the allowed keys: `window` gathers them (`DecodeWindow.keys`, at most a
+    block's worth per query) instead of a slice that, in subscale order, would span almost all of
+    the sequence.
+    """
+
+    q_block: Tensor
+    k_block: Tensor
+
+    def __init__(self, volume: tuple[int, int, int], block: tuple[int, int, int],
+                 order: Sequence[Sequence[int]] | None = None, channels: int = 1, *, causal: bool = True,
+                 key_shift: int = 0) -> None:
+        volume, block = tuple(volume), tuple(block)
+        if len(volume) != 3 or len(block) != 3 or min(volume) < 1 or min(block) < 1 or channels < 1 or key_shift < 0:
+            raise ValueError(f"block3d needs a volume (T, H, W) and block (bt, bh, bw) of sizes >= 1, channels >= 1 and "
+                             f"key_shift >= 0, given volume={volume}, block={block}, channels={channels}, key_shift={key_shift}")
+        t, h, w = volume
+        super().__init__(t * h * w * channels)
+        self.volume, self.block, self.channels, self.causal, self.key_shift = volume, block, channels, causal, key_shift
+        pix = torch.tensor([tuple(int(v) for v in p) for p in order], dtype=torch.long) if order is not None else \
+            torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij"), -1).view(-1, 3)
+        shaped = pix.ndim == 2 and tuple(pix.shape) == (t * h * w, 3)
+        in_range = shaped and bool((pix >= 0).all()) and bool((pix < torch.tensor(volume)).all())
+        flat = pix[:, 0] * h * w + pix[:, 1] * w + pix[:, 2] if in_range else None
+        if flat is None or not torch.equal(flat.sort().values, torch.arange(t * h * w)):
+            raise ValueError(f"expected an order visiting each of the {t}x{h}x{w} pixels (t, h, w) exactly once, given "
+                             f"{tuple(pix.shape)} positions")
+        nb = [-(-n // b) for n, b in zip(volume, block)]
+        pix_block = (pix[:, 0] // block[0] * nb[1] + pix[:, 1] // block[1]) * nb[2] + pix[:, 2] // block[2]
+        q_block = pix_block.repeat_interleave(channels)
+        k_block = torch.full_like(q_block, -1)
+        k_block[key_shift:] = q_block[: self.length - key_shift]
+        n_blocks = nb[0] * nb[1] * nb[2]
+        self._q_block, self._k_block = q_block, k_block  # CPU copies for window bounds (no GPU sync)
+        self.register_buffer("q_block", q_block.clone(), persistent=False)
+        self.register_buffer("k_block", k_block.clone(), persistent=False)
+        q_index, _ = _members(q_block, n_blocks)
+        self._keys, self._key_count = _members(k_block, n_blocks)  # per block: its key positions, ascending
+        self._set_blocks(q_index, self._keys)
+
+    def allowed(self, qi: Tensor, ki: Tensor) -> Tensor:
+        qb, kb = self.q_block.to(qi.device), self.k_block.to(qi.device)
+        same = qb[qi] == kb[ki]  # a key of no block (-1) matches none
+        return same & (ki <= qi) if self.causal else same
+
+    def first_keys(self) -> Tensor:
+        if self._first is None:
+            first = self._keys[:, 0][self._q_block]  # each query's block's first key (-1: none)
+            idx = torch.arange(self.length)
+            ok = (first >= 0) & (first <= idx) if self.causal else first >= 0
+            self._first = torch.where(ok, first, idx)
+        return self._first
+
+    def window(self, start: int, end: int) -> DecodeWindow:
+        """The allowed keys of queries [start, end), gathered (`DecodeWindow.keys`), and their mask."""
+        if not self.causal:
+            raise ValueError("an unmasked block3d pattern (causal=False) lets queries see later keys: expected a causal "
+                             "pattern for cached decoding, given causal=False")
+        if not 0 <= start < end <= self.length:
+            raise ValueError(f"expected query positions 0 <= start < end <= {self.length}, given [{start}, {end})")
+        if end - start == 1:
+            b = int(self._q_block[start])
+            row = self._keys[b, : int(self._key_count[b])]
+            keys = row[: int(torch.searchsorted(row, end))]
+        else:
+            rows = self._keys[self._q_block[start:end].unique()].flatten()
+            keys = rows[(rows >= 0) & (rows < end)].unique()
+        if not keys.numel():  # no query sees a key: one masked-off key keeps the shapes valid
+            keys = torch.tensor([start])
+        device = self.anchor.device
+        keys_d = keys.to(device)
+        mask = self.allowed(torch.arange(start, end, device=device)[:, None], keys_d[None, :])
+        return DecodeWindow(start, end, int(keys[0]), mask, keys=keys_d)
+
+    def extra_repr(self) -> str:
+        return (f"volume={self.volume}, block={self.block}, channels={self.channels}, causal={self.causal}, "
+                f"key_shift={self.key_shift}")
+
+
+class LayerPatterns(nn.Module):
+    """One attention pattern per layer of a trunk (`argen.nn.transformer.Transformer` takes a list
+    of patterns), e.g. block shapes alternating between layers as in the Video Transformer.
+
+    Patterns repeated between layers are kept once (`distinct`), and a cached call computes each
+    distinct pattern's `window` once: `window(start, end)` returns one `DecodeWindow` per layer.
+    `first_keys` is the earliest over the layers (the cache slots any layer may read).
+    """
+
+    def __init__(self, patterns: Sequence[AttentionPattern]) -> None:
+        super().__init__()
+        patterns = list(patterns)
+        if not patterns or not all(isinstance(p, AttentionPattern) for p in patterns):
+            raise ValueError(f"expected one or more attention patterns, given {[type(p).__name__ for p in patterns]}")
+        lengths = sorted({p.length for p in patterns})
+        if len(lengths) != 1:
+            raise ValueError(f"expected the layers' patterns over one sequence length, given lengths {lengths}")
+        distinct: list[AttentionPattern] = []
+        index = []
+        for p in patterns:
+            same = [i for i, d in enumerate(distinct) if d is p]
+            index.append(same[0] if same else len(distinct))
+            if not same:
+                distinct.append(p)
+        self.distinct = nn.ModuleList(distinct)
+        self.layer_index = tuple(index)
+        self.length = lengths[0]
+
+    def __len__(self) -> int:
+        return len(self.layer_index)
+
+    def __getitem__(self, layer: int) -> AttentionPattern:
+        return self.distinct[self.layer_index[layer]]  # type: ignore[return-value]
+
+    def first_keys(self) -> Tensor:
+        return torch.stack([p.first_keys() for p in self.distinct]).min(0).values  # type: ignore[union-attr]
+
+    def first_key_of(self, start: int, end: int) -> int:
+        return min(p.first_key_of(start, end) for p in self.distinct)  # type: ignore[operator]
+
+    def window(self, start: int, end: int) -> list[DecodeWindow]:
+        windows = [p.window(start, end) for p in self.distinct]  # type: ignore[operator]
+        return [windows[i] for i in self.layer_index]
+
+    def extra_repr(self) -> str:
+        return f"length={self.length}, layers={list(self.layer_index)}"
+
+
 # ----- positions ----------------------------------------------------------------------------------
 class Rotary(nn.Module):
     """Rotary position embedding (RoFormer) over N-d positions, e.g. 2-D RoPE for a code grid.
@@ -459,7 +625,10 @@ class MultiHeadAttention(nn.Module):
         if rotary is not None:
             k = rotary(k, start)
         k, v = cache.update(start, k, v)
-        k, v = k[:, :, window.lo : end], v[:, :, window.lo : end]
+        if window.keys is None:
+            k, v = k[:, :, window.lo : end], v[:, :, window.lo : end]
+        else:
+            k, v = k[:, :, window.keys], v[:, :, window.keys]
         if rotary is None:
             return self.attend_to(x, k, v, window.mask)
         q = rotary(rearrange(self.q(x), "b t (h d) -> b h t d", h=self.heads), start)

@@ -35,6 +35,11 @@ pattern (block-local 3-D for video: blocks of (t, h, w) positions in block-raste
 only `allowed`, `_set_blocks` with its query blocks and key windows, and optionally a closed form
 `first_key_of`; the trunk and the cache need no change.
 
+Per-layer patterns (optional): `pattern` may be a list of patterns, one per layer (or an
+`argen.nn.attention.LayerPatterns`), e.g. the Video Transformer's block shapes alternating between
+layers. `trunk.pattern` is then a `LayerPatterns`, whose `window(start, end)` gives one window
+per layer, and `prefill` takes such a list as `window=`. With one pattern nothing changes.
+
 Cache: `TransformerCache` is an nn.Module holding one `KVCache` per layer (self-attention keys /
 values of every position written so far) and, with cross-attention, one `ContextCache` per layer
 (the context's projected keys / values, computed once per sample at prefill and reused by every
@@ -48,10 +53,12 @@ float round-off (attention over a cache slice sums in another order than the blo
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor, nn
 
-from argen.nn.attention import AttentionPattern, DecodeWindow, KVCache, MultiHeadAttention, Rotary
+from argen.nn.attention import AttentionPattern, DecodeWindow, KVCache, LayerPatterns, MultiHeadAttention, Rotary
 
 
 class ContextCache(nn.Module):
@@ -141,16 +148,24 @@ class TransformerBlock(nn.Module):
 class Transformer(nn.Module):
     """Decoder trunk: `n_layers` pre-norm blocks under `pattern` and a final LayerNorm (module doc).
 
-    `context_dim` (None = no cross-attention) is the width of the context every block attends to;
-    `rotary` (None = none) gives every self-attention layer RoPE over the N positions.
+    `pattern` is one pattern for every layer, or one per layer (a list of `n_layers` patterns or a
+    `LayerPatterns`); `context_dim` (None = no cross-attention) is the width of the context every
+    block attends to; `rotary` (None = none) gives every self-attention layer RoPE over the N positions.
     """
 
-    def __init__(self, dim: int, n_layers: int, heads: int, ff_dim: int, pattern: AttentionPattern, *,
+    pattern: AttentionPattern | LayerPatterns
+
+    def __init__(self, dim: int, n_layers: int, heads: int, ff_dim: int,
+                 pattern: AttentionPattern | LayerPatterns | Sequence[AttentionPattern], *,
                  dropout: float = 0.0, context_dim: int | None = None, rotary: Rotary | None = None) -> None:
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"expected n_layers >= 1, given {n_layers}")
         self.dim, self.context_dim = dim, context_dim
+        if not isinstance(pattern, (AttentionPattern, LayerPatterns)):
+            pattern = LayerPatterns(pattern)
+        if isinstance(pattern, LayerPatterns) and len(pattern) != n_layers:
+            raise ValueError(f"expected one attention pattern per layer ({n_layers}), given {len(pattern)}")
         self.pattern = pattern
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads, ff_dim, dropout, context_dim) for _ in range(n_layers))
         self.norm = nn.LayerNorm(dim)
@@ -163,6 +178,20 @@ class Transformer(nn.Module):
     @property
     def length(self) -> int:
         return self.pattern.length
+
+    def layer_pattern(self, layer: int) -> AttentionPattern:
+        """The attention pattern of block `layer` (the one pattern, or its entry of the per-layer list)."""
+        return self.pattern[layer] if isinstance(self.pattern, LayerPatterns) else self.pattern
+
+    def _windows(self, start: int, end: int, window: DecodeWindow | Sequence[DecodeWindow] | None) -> list[DecodeWindow]:
+        """One decode window per layer for a cached call over [start, end), computed once per pattern."""
+        window = self.pattern.window(start, end) if window is None else window
+        if isinstance(window, DecodeWindow):
+            return [window] * len(self.blocks)
+        window = list(window)
+        if len(window) != len(self.blocks):
+            raise ValueError(f"expected one decode window per layer ({len(self.blocks)}), given {len(window)}")
+        return window
 
     # ----- checks ------------------------------------------------------------------------------
     def _check_input(self, x: Tensor, what: str = "input") -> None:
@@ -200,8 +229,8 @@ class Transformer(nn.Module):
         if x.shape[1] != self.length:
             raise ValueError(f"expected a sequence of length {self.length}, given {x.shape[1]}")
         kvs, mask = self._context_kv(context, context_mask, x.shape[0])
-        for block, kv in zip(self.blocks, kvs):
-            x = block(x, self.pattern, context=kv, context_mask=mask, rotary=self.rotary)
+        for i, (block, kv) in enumerate(zip(self.blocks, kvs)):
+            x = block(x, self.layer_pattern(i), context=kv, context_mask=mask, rotary=self.rotary)
         return self.norm(x)
 
     # ----- cached decoding -----------------------------------------------------------------------
@@ -233,14 +262,14 @@ class Transformer(nn.Module):
 
     def prefill(self, x: Tensor, cache: TransformerCache | None = None, *, start: int = 0,
                 context: Tensor | None = None, context_mask: Tensor | None = None,
-                window: DecodeWindow | None = None) -> Tensor:
+                window: DecodeWindow | Sequence[DecodeWindow] | None = None) -> Tensor:
         """Positions [start, start + T) of x (B, T, dim) -> (B, T, dim), given that the cache holds
         positions [0, start); their keys/values are written to it.
 
         With cross-attention, a `context` (at the first call of a sample) is projected once per
         layer into the cache; calls without one (later chunks, decode steps) reuse it.
         `window` (default `pattern.window(start, start + T)`) lets a caller that already has it
-        skip recomputing it.
+        skip recomputing it (with per-layer patterns: one window per layer, as `pattern.window` gives).
         """
         self._check_input(x)
         cache = self._cache(cache, x.shape[0])
@@ -262,9 +291,9 @@ class Transformer(nn.Module):
             mask = cache.context[0].attention_mask()
         else:
             self._context_kv(context, context_mask, x.shape[0])  # raises for a context without cross-attention
-        window = self.pattern.window(start, end) if window is None else window
-        for block, layer, kv in zip(self.blocks, cache.self_attn, contexts):
-            x = block(x, self.pattern, layer, start, window, kv, mask, rotary=self.rotary)
+        windows = self._windows(start, end, window)
+        for i, (block, layer, kv) in enumerate(zip(self.blocks, cache.self_attn, contexts)):
+            x = block(x, self.layer_pattern(i), layer, start, windows[i], kv, mask, rotary=self.rotary)
         return self.norm(x)
 
     def decode_one(self, x: Tensor, pos: int, cache: TransformerCache | None = None) -> Tensor:
@@ -305,11 +334,11 @@ class SlotDecoder:
         return start, end, slice(max(start - 1, 0), end - 1)
 
     def trunk(self, h: Tensor, cache: TransformerCache | None = None, start: int = 0,
-              window: DecodeWindow | None = None) -> Tensor:
+              window: DecodeWindow | Sequence[DecodeWindow] | None = None) -> Tensor:
         """Slot inputs (B, T, d) -> per-slot logits (B, T, L). Without a cache, T = N (training,
         log_prob). With one, h holds slots [start, start + T) and earlier slots come from the
         cache (`Transformer.prefill`; one slot = decode); `window` is the pattern's
-        `window(start, start + T)` when the caller has it already."""
+        `window(start, start + T)` when the caller has it already (per-layer patterns: a list)."""
         if cache is None:
             return self.head(self.decoder(h))
         return self.head(self.decoder.prefill(h, cache, start=start, window=window))

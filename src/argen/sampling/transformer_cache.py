@@ -20,7 +20,11 @@ whole cache would make a decode step cost O(N) per layer even for local attentio
 dominant cost: a one-query attention is memory-bound), so the call attends only to slots
 [lo, s], lo = the first slot any of its queries may see: the pattern's `window(start, end)`
 (`DecodeWindow`) gives lo and the matching mask, computed once per call for all layers, and each
-layer reads that slice of its cache.
+layer reads that slice of its cache. A model whose trunk has one pattern per layer
+(`argen.nn.attention.LayerPatterns`, the Video Transformer's alternating blocks) exposes that as
+`pattern`: its `window` gives one `DecodeWindow` per layer, handed to `trunk` the same way; a
+window may gather scattered key slots instead of a slice (`DecodeWindow.keys`, block-local 3-D
+attention in subscale order).
 
 Cost per sampled image: N decode steps of O(n_layers * (d^2 + window * d)) instead of N full
 forward passes (the naive sampler also reruns per channel): about N-fold less (N = C*H*W).
@@ -39,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from argen.nn.attention import AttentionPattern, DecodeWindow
+from argen.nn.attention import AttentionPattern, DecodeWindow, LayerPatterns
 from argen.nn.transformer import TransformerCache
 
 
@@ -49,11 +53,11 @@ class CacheWindow:
     `focus(start, end)` gives the `DecodeWindow` (keys [lo, end) and their mask rows) of a call
     over slots [start, end), computed once for all layers."""
 
-    def __init__(self, pattern: AttentionPattern) -> None:
+    def __init__(self, pattern: AttentionPattern | LayerPatterns) -> None:
         self.pattern = pattern
         self.first = pattern.first_keys()
 
-    def focus(self, start: int, end: int) -> DecodeWindow:
+    def focus(self, start: int, end: int) -> DecodeWindow | list[DecodeWindow]:
         return self.pattern.window(start, end)
 
 
