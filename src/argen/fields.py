@@ -134,6 +134,16 @@ def _elements(value: Any) -> list[Any]:
     return [] if value is None else [value]
 
 
+def restore_tuples(cfg: Any) -> None:
+    """Turn list-valued fields of a dataclass config back into tuples, so a config read from JSON
+    (a checkpoint) equals the one written. No other conversion: a wrong type is for `validate_fields`
+    to report, never silently fixed."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, list):
+            object.__setattr__(cfg, f.name, tuple(value))
+
+
 def validate_fields(cfg: Any, section: str) -> None:
     """Check every field of dataclass `cfg` by its annotation and declared bounds.
 

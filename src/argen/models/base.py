@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from argen.conditioning import CondSpec
 from argen.distributions import MAX_LEVELS, Categorical, PixelDistribution
-from argen.fields import spec, validate_fields
+from argen.fields import restore_tuples, spec, validate_fields
 from argen.positions import channels_first, raster
 
 #: The most levels that are pixel intensities (8 bits); more are codes of a tokenizer (a code grid).
@@ -43,12 +43,7 @@ class ModelConfig:
     num_classes: int | None = spec(None, ge=1)
 
     def __post_init__(self) -> None:
-        # JSON round trips (checkpoints) turn tuples into lists; keep configs comparable. No other
-        # conversion: a wrong type is reported by `validate`, never silently truncated.
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, list):
-                setattr(self, f.name, tuple(value))
+        restore_tuples(self)  # JSON round trips (checkpoints) turn tuples into lists
 
     def validate(self) -> None:
         """Raise ValueError naming expected and given values; subclasses extend with cross-field rules."""

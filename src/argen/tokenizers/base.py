@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from argen.conditioning import CondSpec
-from argen.fields import spec, validate_fields
+from argen.fields import restore_tuples, spec, validate_fields
 
 Stats = dict[str, tuple[Tensor, Tensor]]
 
@@ -41,11 +41,7 @@ class TokenizerConfig:
     levels: int = spec(256, ge=2, le=MAX_PIXEL_LEVELS)  # pixel levels of the data
 
     def __post_init__(self) -> None:
-        # JSON round trips (checkpoints) turn tuples into lists; keep configs comparable.
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, list):
-                setattr(self, f.name, tuple(value))
+        restore_tuples(self)  # JSON round trips (checkpoints) turn tuples into lists
 
     def validate(self) -> None:
         """Raise ValueError naming expected and given values; subclasses add cross-field rules."""
