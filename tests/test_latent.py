@@ -104,6 +104,11 @@ def test_code_dataset_is_cached_and_refreshed_when_the_weights_change(tmp_path, 
     assert read_codes(codes_path(tmp_path, "toy", "train"), weights_fingerprint(other)) is None
     _, made = code_dataset(other, tmp_path, "toy", "train", progress=False)
     assert made  # other weights: encoded again, never the stale cache
+    # other items (a seed of random views, a data root, a name that slugs alike): never the cache either
+    _, made = code_dataset(tok, tmp_path, "toy", "train", seed=1, progress=False)
+    assert made
+    assert codes_path(tmp_path, "npy:/a/b.npy", "train") != codes_path(tmp_path, "npy:/a_b.npy", "train")
+    assert codes_path(tmp_path, "toy", "train", root="/x") != codes_path(tmp_path, "toy", "train", root="/y")
 
 
 # ----- the CLI, end to end on the embedded MNIST -----------------------------------------------------

@@ -42,6 +42,9 @@ class ToyAutoencoder(nn.Module):
     optimizer_phases = ("model", "disc")
     model_name = "toy_autoencoder"
 
+    #: the discriminator's own loss: zero gradient by default (the isolation test), a real one to test resume
+    disc_scale = 0.0
+
     def __init__(self, config: ToyConfig | None = None) -> None:
         super().__init__()
         self.config = config or ToyConfig()
@@ -72,7 +75,7 @@ class ToyAutoencoder(nn.Module):
             mse = (rec - target).pow(2).mean()
             loss = mse + (0.1 * self.disc(rec).mean() if step >= self.config.disc_start else 0.0)
             return loss, {"rec_mse": (mse.detach() * n, n), "count_seen": (n.clone(), n.clone())}
-        d_loss = 0.0 * self.disc(target).mean()  # zero gradient: the D step must leave D unchanged (Adam)
+        d_loss = self.disc_scale * self.disc(target).pow(2).mean()  # 0: the D step must leave D unchanged (Adam)
         return d_loss, {"d_loss": (d_loss.detach() * n, n)}
 
     def update_statistics(self, stats) -> None:
@@ -142,21 +145,27 @@ def test_logs_evaluation_and_picture_of_a_reconstruction_model(tmp_path):
     assert desc["kind"] == "tokenizer" and desc["metrics"]["test_psnr"] == metrics["test_psnr"]
 
 
+class Learning(ToyAutoencoder):
+    disc_scale = 1.0  # the discriminator learns, so a lost optimizer state would show
+
+
 def test_resume_restores_every_phase_optimizer_exactly(tmp_path):
     torch.manual_seed(0)
-    full = Trainer(ToyAutoencoder(), data(), quiet(steps=6), device="cpu")
+    full = Trainer(Learning(), data(), quiet(steps=6), device="cpu")
     full.fit()
     torch.manual_seed(0)
-    first = Trainer(ToyAutoencoder(), data(), quiet(steps=3), run_dir=tmp_path / "r", device="cpu")
+    first = Trainer(Learning(), data(), quiet(steps=3), run_dir=tmp_path / "r", device="cpu")
     first.fit()
-    second = Trainer(ToyAutoencoder(), data(), quiet(steps=6), run_dir=tmp_path / "r", device="cpu", resume=True)
+    second = Trainer(Learning(), data(), quiet(steps=6), run_dir=tmp_path / "r", device="cpu", resume=True)
     assert second.step == 3
     state = torch.load(tmp_path / "r" / "train_state.pt", weights_only=False)
     assert set(state["optimizers"]) == {"disc"}
     second.fit()
     assert weights_fingerprint(second.model) == weights_fingerprint(full.model)
-    assert torch.equal(second.optimizers["disc"].state_dict()["state"][0]["exp_avg"],
-                       full.optimizers["disc"].state_dict()["state"][0]["exp_avg"])
+    ours, theirs = (t.optimizers["disc"].state_dict()["state"][0] for t in (second, full))
+    assert int(ours["step"]) == int(theirs["step"]) == 4  # disc phases at steps 2..5
+    assert torch.equal(ours["exp_avg"], theirs["exp_avg"]) and torch.equal(ours["exp_avg_sq"], theirs["exp_avg_sq"])
+    assert float(ours["exp_avg"].abs().sum()) > 0  # the discriminator did learn
 
 
 def test_undeclared_phases_are_refused():

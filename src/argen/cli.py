@@ -233,16 +233,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from argen.train import TrainConfig, Trainer, clear_run_dir, has_checkpoint, load_config_file, merge_configs, parse_overrides
     from argen.train import distributed as D
     from argen.train.config import coerce_fields
-    from argen.train.trainer import RUN_FILES, SAMPLES_DIR, TENSORBOARD_DIR, read_train_state
+    from argen.train.trainer import RUN_FILES, SAMPLES_DIR, TENSORBOARD_DIR, objective_of, read_train_state
 
     entry, kind = trainable_entry(args.model)  # unknown name: ValueError listing the names
     if kind == "tokenizer" and (args.tokenizer or args.class_conditional):
         raise ValueError(f"{args.model!r} is a tokenizer: it takes neither --tokenizer nor --class-conditional")
     layers = [load_config_file(args.config)] if args.config else []
     layers.append(parse_overrides(args.set))
-    if kind == "tokenizer" and "ema_decay" not in merge_configs(*layers)["train"]:
-        # no Polyak average by default: averaged encoder weights would not match the codebook,
-        # whose buffers follow the live encoder (set train.ema_decay to have one anyway)
+    if not getattr(entry.cls, "weight_averaging", True) and "ema_decay" not in merge_configs(*layers)["train"]:
+        # a model that declares averaged weights meaningless (tokenizers) trains without the default average
         layers.insert(0, {"train": {"ema_decay": None}})
     user_model = merge_configs(*layers)["model"]  # what the user set, without a resumed run's own
     flags = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed}
@@ -329,7 +328,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     conditional = args.class_conditional or bool(given_classes)
     shape_key = "video_shape" if len(train_ds.shape) == 4 else "image_shape"
     config_fields = {f for f in entry.cls.config_class.__dataclass_fields__}
-    if shape_key not in config_fields:
+    takes = "video_shape" if "video_shape" in config_fields else "image_shape"
+    if shape_key != takes:
         raise ValueError(f"model {args.model!r} takes {'images' if shape_key == 'video_shape' else 'video'}, "
                          f"given dataset {data!r} of shape {tuple(train_ds.shape)}")
     _check_dataset_settings(entry, user_model, data, train_ds, shape_key)
@@ -363,9 +363,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         say(f"argen: {trainer.resume_note}")
     if trainer.finished:
         D.cleanup()
-        test = trainer.metrics.get("test_bpd")
+        test = trainer.metrics.get("test_bpd", trainer.metrics.get("test_psnr"))
+        unit = "bits/dim" if "test_bpd" in trainer.metrics else "dB PSNR"
         say(f"argen: the run in {run_dir} already finished at step {trainer.step}"
-            + (f" (test {test:.4f} bits/dim)" if isinstance(test, float) else "")
+            + (f" (test {test:.4f} {unit})" if isinstance(test, float) else "")
             + "; nothing to do (raise --steps to train further)")
         return EXIT_OK
     n_params = sum(p.numel() for p in model.parameters())
@@ -381,7 +382,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     finally:
         D.cleanup()
     summary = f"argen: done: {metrics['step']} steps"
-    if kind == "tokenizer":
+    if objective_of(model) == "reconstruction":
         tested = ", ".join(f"{k[5:]} {v:.4g}" for k, v in metrics.items() if k.startswith("test_") and k != "test_n")
         say(summary + (f", test {tested} ({metrics.get('test_n')} examples)" if tested else "")
             + f"; checkpoint in {run_dir}")
@@ -494,7 +495,7 @@ def reconstruction_metrics(tokenizer: Any, ds: Any, batch_size: int, device: Any
     stats = None
     with torch.no_grad():
         for x, _ in tqdm(DataLoader(ds, batch_size=batch_size), desc="reconstruct", unit="batch", dynamic_ncols=True):
-            stats = add_stats(stats, check_stats(tokenizer.eval_stats(x.to(device)), type(tokenizer).__name__))
+            stats = add_stats(stats, check_stats(tokenizer.eval_stats(x.to(device)), type(tokenizer).__name__, "eval_stats"))
     if stats is None:
         raise ValueError("expected at least one example to evaluate, given none")
     return {k: float(v) for k, v in tokenizer.summarize(stats).items()} | {"n": len(ds)}

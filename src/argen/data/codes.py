@@ -1,17 +1,20 @@
 """Code grids of a dataset under a trained tokenizer, computed once and cached beside it.
 
 `argen tokenize RUN --data mnist` encodes every split it is asked for and writes
-`RUN/codes/<data>-<split>.npz` (codes uint16 (N, 1, h, w), labels, the tokenizer's weights
-fingerprint); training a prior with `--tokenizer RUN` reads them (and writes them first when they
-are missing). A cache made by other weights than the tokenizer's current ones is never used: it is
-recomputed. Items come out as an ordinary `ArgenDataset` of (codes (1, h, w) long, label), so a
-prior is trained exactly like a pixel model. Views that draw at random per epoch (dynamic
-binarization) are encoded as drawn for epoch 0.
+`RUN/codes/<data>-<split>-<key>.npz` (codes uint16 (N, 1, h, w), labels, the tokenizer's weights
+fingerprint, and what was encoded: dataset name, split, data root, seed, and for a dataset named by
+a relative path the folder it was relative to; `<key>` hashes those); training a prior with
+`--tokenizer RUN` reads them (and writes them first when they are missing). A cache made by other
+weights, or of other data, is never used: it is recomputed. Items come out as an ordinary
+`ArgenDataset` of (codes (1, h, w) long, label), so a prior is trained exactly like a pixel model.
+Views that draw at random per epoch (dynamic binarization) are encoded as drawn for epoch 0.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +33,19 @@ def _slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("_") or "data"
 
 
-def codes_path(tokenizer_dir: str | Path, data: str, split: str) -> Path:
+def source_record(data: str, split: str, root: str | None = None, seed: int = 0) -> dict[str, Any]:
+    """What a cache file holds the codes of: two records are equal only for the same items."""
+    _, sep, path = data.partition(":")
+    relative = bool(sep) and not Path(path.split("-")[0]).expanduser().is_absolute()
+    return {"data": data, "split": split, "seed": int(seed),
+            "root": str(Path(root).expanduser().resolve()) if root else None,
+            "cwd": os.getcwd() if relative else None}
+
+
+def codes_path(tokenizer_dir: str | Path, data: str, split: str, root: str | None = None, seed: int = 0) -> Path:
     """Where the code grids of `data`'s `split` under the tokenizer in `tokenizer_dir` are cached."""
-    return Path(tokenizer_dir) / CODES_DIR / f"{_slug(data)}-{split}.npz"
+    key = hashlib.sha256(json.dumps(source_record(data, split, root, seed), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(tokenizer_dir) / CODES_DIR / f"{_slug(data)}-{split}-{key}.npz"
 
 
 @torch.no_grad()
@@ -57,10 +70,10 @@ def encode_dataset(tokenizer: Any, ds: ArgenDataset, batch_size: int = 256, prog
     return out
 
 
-def write_codes(path: Path, codes: np.ndarray, labels: np.ndarray, *, fingerprint: str, data: str, split: str,
+def write_codes(path: Path, codes: np.ndarray, labels: np.ndarray, *, fingerprint: str, source: dict[str, Any],
                 codebook_size: int, num_classes: int | None) -> Path:
     """Write one cache file atomically (a kill leaves the old file or none)."""
-    meta = {"format": CODES_FORMAT, "fingerprint": fingerprint, "data": data, "split": split,
+    meta = {"format": CODES_FORMAT, "fingerprint": fingerprint, "source": source,
             "codebook_size": codebook_size, "num_classes": num_classes}
     buffer = io.BytesIO()
     np.savez(buffer, codes=codes, labels=labels, meta=np.array(json.dumps(meta)))
@@ -68,8 +81,9 @@ def write_codes(path: Path, codes: np.ndarray, labels: np.ndarray, *, fingerprin
     return atomic_write(path, buffer.getvalue())
 
 
-def read_codes(path: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
-    """The cached (codes, labels, meta), or None when absent, unreadable or made by other weights."""
+def read_codes(path: Path, fingerprint: str, source: dict[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
+    """The cached (codes, labels, meta), or None when absent, unreadable, made by other weights or
+    (given `source`, a `source_record`) of other items."""
     if not path.is_file():
         return None
     try:
@@ -79,6 +93,8 @@ def read_codes(path: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarray, di
     except (OSError, ValueError, KeyError, json.JSONDecodeError):
         return None
     if not isinstance(meta, dict) or meta.get("format") != CODES_FORMAT or meta.get("fingerprint") != fingerprint:
+        return None
+    if source is not None and meta.get("source") != source:
         return None
     return codes, labels, meta
 
@@ -95,15 +111,16 @@ def code_dataset(tokenizer: Any, tokenizer_dir: str | Path, data: str, split: st
     from argen.data import load_dataset
 
     fingerprint = weights_fingerprint(tokenizer)
-    path = codes_path(tokenizer_dir, data, split)
-    cached = None if refresh else read_codes(path, fingerprint)
+    source = source_record(data, split, root, seed)
+    path = codes_path(tokenizer_dir, data, split, root, seed)
+    cached = None if refresh else read_codes(path, fingerprint, source)
     images = None
     if cached is None:
         images = load_dataset(data, split, root=root, seed=seed)
         codes = encode_dataset(tokenizer, images, batch_size=batch_size, progress=progress)
         labels = np.array([images.raw(i)[1] for i in range(len(images))], dtype=np.int64)
         num_classes = images.num_classes
-        write_codes(path, codes, labels, fingerprint=fingerprint, data=data, split=split,
+        write_codes(path, codes, labels, fingerprint=fingerprint, source=source,
                     codebook_size=tokenizer.codebook_size, num_classes=num_classes)
     else:
         codes, labels, meta = cached

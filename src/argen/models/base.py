@@ -366,6 +366,11 @@ class ARModel(nn.Module, abc.ABC):
             given = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
             raise ValueError(f"expected context frames (B, k, {', '.join(map(str, shape[1:]))}) with 1 <= k < "
                              f"{shape[0]}, given {given}")
+        if context.dtype != torch.long:
+            raise ValueError(f"expected context frames of dtype torch.long (integer pixel values), given {context.dtype}")
+        if context.numel() and (int(context.min()) < 0 or int(context.max()) >= self.levels):
+            raise ValueError(f"expected context values in [0, {self.levels - 1}], given range "
+                             f"[{int(context.min())}, {int(context.max())}]")
         b, k = context.shape[:2]
         x = torch.zeros((b, *shape), dtype=torch.long, device=context.device)
         x[:, :k] = context

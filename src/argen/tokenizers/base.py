@@ -62,6 +62,9 @@ class Tokenizer(nn.Module, abc.ABC):
     objective: ClassVar[str] = "reconstruction"  # pixel models: "likelihood"
     has_training_stats: ClassVar[bool] = False  # True for EMA codebooks
     optimizer_phases: ClassVar[tuple[str, ...]] = ("model",)
+    #: no Polyak average of the weights: an averaged encoder would not match the codebook buffers,
+    #: which follow the live encoder (the trainer ignores train.ema_decay)
+    weight_averaging: ClassVar[bool] = False
 
     def __init__(self, config: TokenizerConfig) -> None:
         super().__init__()

@@ -38,12 +38,13 @@ def usage_line(codes: Any, codebook_size: int) -> str:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from argen.checkpoint import kind_of
     from argen.data.codes import code_dataset, codes_path
 
     tokenizer = load_run(args.run, device_arg(args.device))
-    if kind_of(tokenizer) != "tokenizer":
-        raise ValueError(f"{args.run!r} holds a model ({tokenizer.model_name!r}), expected a tokenizer run")
+    kind = getattr(type(tokenizer), "kind", "model")
+    if kind != "tokenizer":
+        raise ValueError(f"{args.run!r} holds a {kind} model ({tokenizer.model_name!r}), expected a tokenizer run "
+                         "(argen train vqvae|vqgan|fsq ...)")
     desc = run_description(args.run)
     data = args.data or desc.get("data")
     if not data:
@@ -55,6 +56,6 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
                                 refresh=args.refresh)
         codes = ds.source.data
         say(f"argen: {data} {split}: {len(ds)} code grids {tuple(ds.shape)} "
-            f"{'written to' if made else 'already in'} {codes_path(args.run, data, split)}; "
+            f"{'written to' if made else 'already in'} {codes_path(args.run, data, split, root, seed)}; "
             + usage_line(codes, tokenizer.codebook_size))
     return EXIT_OK

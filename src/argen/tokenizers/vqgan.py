@@ -24,8 +24,8 @@ from torch import Tensor, nn
 
 from argen.fields import spec
 from argen.nn.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss, patch_output_size
+from argen.nn.pixels import mean_stat, one_stat, to_unit
 from argen.tokenizers.base import Stats, register_tokenizer
-from argen.tokenizers.conv import mean_stat, one_stat, to_unit
 from argen.tokenizers.vqvae import TINY as VQVAE_TINY
 from argen.tokenizers.vqvae import VQVAE, VQVAEConfig
 

@@ -128,10 +128,10 @@ def has_training_stats(model: nn.Module) -> bool:
 Stats = dict[str, tuple[Tensor, Tensor]]
 
 
-def check_stats(stats: Any, owner: str) -> Stats:
+def check_stats(stats: Any, owner: str, method: str = "loss_and_stats") -> Stats:
     """Raise TypeError unless `stats` is {name: (sum tensor, count tensor)} with matching shapes."""
     if not isinstance(stats, dict):
-        raise TypeError(f"expected {owner}.loss_and_stats to return (loss, dict), given a {type(stats).__name__}")
+        raise TypeError(f"expected {owner}.{method} to return statistics as a dict, given a {type(stats).__name__}")
     for name, value in stats.items():
         if (not isinstance(name, str) or not isinstance(value, tuple) or len(value) != 2
                 or not all(isinstance(v, Tensor) for v in value) or value[0].shape != value[1].shape):

@@ -396,7 +396,9 @@ class Trainer:
         self.autocast_dtype = check_precision(config.precision, self.device)
         self.model = model.to(self.device).train()
         self.objective = objective_of(self.model)
-        self.with_stats = D.has_training_stats(self.model)
+        self.declared_stats = D.has_training_stats(self.model)  # update_statistics after each step
+        # whether the loss comes with statistics: declared ones, or a reconstruction model's logs
+        self.with_stats = self.declared_stats
         phases = tuple(self.model.optimizer_phases) if self.objective == "reconstruction" else ("model",)
         if not phases or phases[0] != "model" or len(set(phases)) != len(phases):
             raise TypeError(f"expected {type(self.model).__name__}.optimizer_phases to start with 'model' and "
@@ -414,7 +416,14 @@ class Trainer:
         self.optimizer = self.optimizers["model"]
         # 0-d training statistics summed since the last log line: {name: [sum, count]}
         self._logged_stats: dict[str, list[float]] = {}
-        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup) if config.ema_decay is not None else None
+        # a model may declare that averaged weights mean nothing (a tokenizer: averaged encoder
+        # weights would not match the codebook buffers, which follow the live encoder)
+        averaging = getattr(type(self.model), "weight_averaging", True)
+        if config.ema_decay is not None and not averaging and self.dist.is_main:
+            warnings.warn(f"{type(self.model).__name__} declares weight_averaging = False: train.ema_decay "
+                          f"{config.ema_decay} is ignored", stacklevel=2)
+        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup) \
+            if config.ema_decay is not None and averaging else None
         self.step = 0
         self.metrics: dict[str, Any] = {}
         self._last_saved_step: int | None = None
@@ -496,9 +505,9 @@ class Trainer:
             return ("model",)
         phases = tuple(self.model.training_phases(self.step))
         unknown = [p for p in phases if p not in self.optimizers]
-        if not phases or unknown:
-            raise TypeError(f"expected {type(self.model).__name__}.training_phases({self.step}) to name some of "
-                            f"{tuple(self.optimizers)}, given {phases!r}")
+        if not phases or unknown or phases[0] != "model" or len(set(phases)) != len(phases):
+            raise TypeError(f"expected {type(self.model).__name__}.training_phases({self.step}) to start with 'model' "
+                            f"and name each of {tuple(self.optimizers)} at most once, given {phases!r}")
         return phases
 
     def train_step(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -536,12 +545,14 @@ class Trainer:
                 with D.no_sync(self.loss_module, skip=i < n - 1):
                     with self._autocast():
                         out = self.loss_fn(xi, ci) if self.objective == "likelihood" else self.loss_fn(xi, ci, phase, self.step)
+                    method = "loss_and_stats" if self.objective == "likelihood" else "phase_loss"
                     if self.with_stats or self.objective == "reconstruction":
                         if not (isinstance(out, tuple) and len(out) == 2):
                             raise TypeError(f"expected {type(self.model).__name__} to return (loss, stats) from its "
                                             f"training loss, given a {type(out).__name__}")
                         loss, micro_stats = out
-                        phase_stats = D.add_stats(phase_stats, D.check_stats(micro_stats, type(self.model).__name__))
+                        phase_stats = D.add_stats(phase_stats, D.check_stats(micro_stats, type(self.model).__name__,
+                                                                               method))
                     else:
                         loss = out
                     self.scaler.scale(loss / n if n > 1 else loss).backward()
@@ -574,7 +585,8 @@ class Trainer:
                     acc = self._logged_stats.setdefault(name, [0.0, 0.0])
                     acc[0] += float(s_)
                     acc[1] += float(c_)
-            self.model.update_statistics(stats)
+            if self.declared_stats:
+                self.model.update_statistics(stats)
         if self.ema is not None:
             self.ema.update(self.model)  # copies buffers too: the updated statistics
         self.step += 1
@@ -783,7 +795,8 @@ class Trainer:
         examples = 0
         with self._full_precision():
             for x, _ in loader:
-                stats = D.add_stats(stats, D.check_stats(model.eval_stats(x.to(self.device)), type(model).__name__))
+                stats = D.add_stats(stats, D.check_stats(model.eval_stats(x.to(self.device)), type(model).__name__,
+                                                           "eval_stats"))
                 examples += x.shape[0]
         model.train(was_training)
         assert stats is not None

@@ -37,6 +37,7 @@ from argen.fields import spec
 from argen.metrics.video import frame_mse, frame_psnr, frame_ssim
 from argen.models.base import PIXEL_LEVELS, Capabilities, VideoModelConfig
 from argen.nn.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss, patch_output_size
+from argen.nn.pixels import mean_stat, to_levels, to_unit
 from argen.nn.unet import TimestepEmbedding, UNet
 from argen.registry import register_model
 
@@ -75,21 +76,6 @@ class FrameGANConfig(VideoModelConfig):
         if patch_output_size(min(h, w), self.disc_layers) < 1:
             raise ValueError(f"model.disc_layers: {self.disc_layers} discriminator layers leave no patch of a "
                              f"{h}x{w} frame; expected fewer layers or larger frames")
-
-
-def to_unit(x: Tensor, levels: int) -> Tensor:
-    """Long pixels in [0, levels) -> floats in [-1, 1]."""
-    return x.float() * (2.0 / (levels - 1)) - 1.0
-
-
-def to_levels(y: Tensor, levels: int) -> Tensor:
-    """Floats on the [-1, 1] scale -> long pixels in [0, levels) (rounded, clamped)."""
-    return torch.round((y.float() + 1.0) * ((levels - 1) / 2.0)).clamp(0, levels - 1).long()
-
-
-def _mean_stat(value: Tensor, n: int) -> tuple[Tensor, Tensor]:
-    count = torch.tensor(float(n), device=value.device)
-    return value.detach().float() * count, count
 
 
 class FrameStep(NamedTuple):
@@ -332,8 +318,8 @@ class FrameGAN(nn.Module):
             g_loss = hinge_g_loss(self.global_disc(fake)) + hinge_g_loss(self.local_disc(fake * v))
             loss = loss + self.config.adv_weight * g_loss
         mse = ((frames.detach() - target) / 2).pow(2).mean()  # on the [0, 1] scale
-        stats = {"rec": _mean_stat(rec, n), "mse": _mean_stat(mse, n), "g_loss": _mean_stat(g_loss, n),
-                 "own_frames": _mean_stat(own.float().mean() if own.numel() else torch.zeros((), device=x.device), n)}
+        stats = {"rec": mean_stat(rec, n), "mse": mean_stat(mse, n), "g_loss": mean_stat(g_loss, n),
+                 "own_frames": mean_stat(own.float().mean() if own.numel() else torch.zeros((), device=x.device), n)}
         self._store(step, x, frames.detach(), masks.detach())
         return loss, stats
 
@@ -362,8 +348,8 @@ class FrameGAN(nn.Module):
         real_g, fake_g = self.global_disc(real), self.global_disc(fake)
         d_loss = hinge_d_loss(real_g, fake_g) + hinge_d_loss(self.local_disc(real * v), self.local_disc(fake * v))
         n = x.shape[0]
-        return d_loss, {"d_loss": _mean_stat(d_loss, n), "logits_real": _mean_stat(real_g.mean(), n),
-                        "logits_fake": _mean_stat(fake_g.mean(), n)}
+        return d_loss, {"d_loss": mean_stat(d_loss, n), "logits_real": mean_stat(real_g.mean(), n),
+                        "logits_fake": mean_stat(fake_g.mean(), n)}
 
     def update_statistics(self, stats: Stats) -> None:
         """Nothing is gathered in training."""

@@ -32,6 +32,7 @@ from argen.distributions import Categorical
 from argen.fields import spec
 from argen.models.base import ARModel, Capabilities, VideoModelConfig
 from argen.nn.masked import MaskedConv2d
+from argen.nn.pixels import to_unit
 from argen.registry import register_model
 
 #: Offsets (dy, dx) of the three groups an upscale adds inside each 2x2 block, in generation order.
@@ -74,10 +75,6 @@ class MultiscaleVideoConfig(VideoModelConfig):
 
 def _power_of_two(n: int) -> bool:
     return n >= 1 and n & (n - 1) == 0
-
-
-def _to_unit(x: Tensor, levels: int) -> Tensor:
-    return x.float() * (2.0 / (levels - 1)) - 1.0
 
 
 class _GroupNet(nn.Module):
@@ -218,7 +215,7 @@ class MultiscaleVideo(ARModel):
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """(B, T, C, H, W) long -> logits (B, C*L, T, H, W), every group of every frame in one pass."""
         b, t_len, c, h, w = x.shape
-        xf = _to_unit(x, self.levels)
+        xf = to_unit(x, self.levels)
         ctx = self.context_net(self._context_input(xf).flatten(0, 1))
         out = self._frame_logits(xf.flatten(0, 1), ctx, range(len(self._groups)))
         return out.view(b, t_len, -1, h, w).transpose(1, 2)
@@ -228,7 +225,7 @@ class MultiscaleVideo(ARModel):
         self._check_frame(t)
         k = self.config.context_frames
         lo = max(0, t - k)
-        window = _to_unit(x[:, lo:t + 1], self.levels)  # frames lo..t: frame t's context is its past
+        window = to_unit(x[:, lo:t + 1], self.levels)  # frames lo..t: frame t's context is its past
         return self.context_net(self._context_input(window)[:, t - lo])
 
     def group_logits(self, x: Tensor, t: int, g: int, cond: Tensor | None = None,
@@ -241,7 +238,7 @@ class MultiscaleVideo(ARModel):
             raise ValueError(f"expected a group index in [0, {len(self._groups) - 1}], given {g!r}")
         if context is None:
             context = self.frame_context(x, t, cond)
-        return self._frame_logits(_to_unit(x[:, t], self.levels), context, range(g, g + 1))
+        return self._frame_logits(to_unit(x[:, t], self.levels), context, range(g, g + 1))
 
     def _check_frame(self, t: int) -> None:
         t_len = self.config.video_shape[0]
