@@ -377,10 +377,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         metrics = trainer.fit()
     except KeyboardInterrupt:
+        D.cleanup(wait=False)
         raise Interrupted(f"interrupted at step {trainer.step}; the last checkpoint is in {run_dir} "
                           "(continue with --resume)") from None
-    finally:
-        D.cleanup()
+    except BaseException:
+        D.cleanup(wait=False)  # the other ranks may not reach a barrier
+        raise
+    D.cleanup()
     summary = f"argen: done: {metrics['step']} steps"
     if objective_of(model) == "reconstruction":
         tested = ", ".join(f"{k[5:]} {v:.4g}" for k, v in metrics.items() if k.startswith("test_") and k != "test_n")

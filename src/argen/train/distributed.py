@@ -52,9 +52,16 @@ def setup(device: torch.device) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def cleanup() -> None:
-    """Leave the process group (call once at the end of a torchrun program)."""
+def cleanup(wait: bool = True) -> None:
+    """Leave the process group (call once at the end of a torchrun program).
+
+    With `wait`, every rank waits for the others first: a rank that tears its group down while a
+    peer is still finishing its last exchange (rank 0 writing the final checkpoint) can abort the
+    peer. After an error, pass wait=False: the other ranks may never reach the barrier.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
 
 
