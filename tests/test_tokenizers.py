@@ -363,3 +363,15 @@ def test_default_config_is_valid_and_round_trips(name, shape):
     again = cls(**json.loads(json.dumps(cfg.to_dict())))
     again.validate()
     assert again == cfg
+
+
+def test_adaptive_weight_is_zero_when_the_adversarial_gradient_vanishes():
+    """A gradient that underflowed (fp16) must switch the adversarial term off, not max it out."""
+    from argen.nn.discriminator import adaptive_weight
+
+    w = torch.nn.Parameter(torch.ones(3))
+    rec = (w * 2).sum()
+    dead = (w * 0).sum()  # zero gradient at the last layer, as an fp16 underflow leaves it
+    assert float(adaptive_weight(rec, dead, w, 0.8)) == 0.0
+    live = (w * 4).sum()
+    assert float(adaptive_weight(rec, live, w, 0.8)) == pytest.approx(0.8 * 2 / (4 + 1e-4), rel=1e-5)

@@ -78,7 +78,11 @@ def adaptive_weight(rec_loss: Tensor, g_loss: Tensor, last_layer: Tensor, disc_w
     Both gradients are taken with `torch.autograd.grad(retain_graph=True)`, so the caller's
     backward pass afterwards still works and no `.grad` is touched.
     """
-    g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
-    g_adv = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
-    weight = (g_rec.norm() / (g_adv.norm() + 1e-4)).clamp(0.0, max_weight)
-    return (weight * disc_weight).detach()
+    g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0].float()
+    g_adv = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0].float()
+    rec_norm, adv_norm = g_rec.norm(), g_adv.norm()
+    weight = (rec_norm / (adv_norm + 1e-4)).clamp(0.0, max_weight)
+    # a gradient that underflowed (fp16) or overflowed says nothing: no adversarial term this step,
+    # rather than the clamp's maximum weight
+    usable = torch.isfinite(rec_norm) & torch.isfinite(adv_norm) & (adv_norm > 0)
+    return (torch.where(usable, weight, torch.zeros_like(weight)) * disc_weight).detach()

@@ -269,10 +269,11 @@ class VectorQuantizer(Quantizer):
         """n rows drawn on rank 0 from its candidates (without replacement when there are enough,
         else tiled with small noise), broadcast so every rank gets the same rows."""
         out = torch.empty(n, self.dim, device=self.embed.device)
+        have = torch.tensor(float(candidates is not None and candidates.shape[0] > 0), device=self.embed.device)
+        if not bool(_broadcast(have)):  # rank 0's answer, so every rank raises (none waits in a broadcast)
+            raise RuntimeError("no encoder outputs to draw codes from: call forward in training mode "
+                               "before update_statistics")
         if _is_rank0():
-            if candidates is None or candidates.shape[0] == 0:
-                raise RuntimeError("no encoder outputs to draw codes from: call forward in training mode "
-                                   "before update_statistics")
             m = candidates.shape[0]
             if m >= n:
                 rows = candidates[torch.randperm(m, device=candidates.device)[:n]]

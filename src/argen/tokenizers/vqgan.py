@@ -149,7 +149,8 @@ class VQGAN(VQVAE):
             loss = loss + weight * g_loss
         stats["g_loss"] = mean_stat(g_loss, x.shape[0])
         stats["adaptive_weight"] = one_stat(weight, x.device)
-        self._store(step, x, xf, recon.detach().float())
+        if step >= self.config.disc_start:  # only the discriminator phase reads it
+            self._store(step, x, xf, recon.detach().float())
         return loss, stats
 
     def _store(self, step: int, x: Tensor, xf: Tensor, recon: Tensor) -> None:

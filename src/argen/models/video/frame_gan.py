@@ -320,7 +320,8 @@ class FrameGAN(nn.Module):
         mse = ((frames.detach() - target) / 2).pow(2).mean()  # on the [0, 1] scale
         stats = {"rec": mean_stat(rec, n), "mse": mean_stat(mse, n), "g_loss": mean_stat(g_loss, n),
                  "own_frames": mean_stat(own.float().mean() if own.numel() else torch.zeros((), device=x.device), n)}
-        self._store(step, x, frames.detach(), masks.detach())
+        if step >= self.config.disc_start:  # only the discriminator phase reads it
+            self._store(step, x, frames.detach(), masks.detach())
         return loss, stats
 
     def _store(self, step: int, x: Tensor, frames: Tensor, masks: Tensor) -> None:
