@@ -374,4 +374,4 @@ def test_adaptive_weight_is_zero_when_the_adversarial_gradient_vanishes():
     dead = (w * 0).sum()  # zero gradient at the last layer, as an fp16 underflow leaves it
     assert float(adaptive_weight(rec, dead, w, 0.8)) == 0.0
     live = (w * 4).sum()
-    assert float(adaptive_weight(rec, live, w, 0.8)) == pytest.approx(0.8 * 2 / (4 + 1e-4), rel=1e-5)
+    assert float(adaptive_weight(rec, live, w, 0.8)) == pytest.approx(0.8 * 2 * 3 ** 0.5 / (4 * 3 ** 0.5 + 1e-4), rel=1e-6)
