@@ -486,22 +486,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def reconstruction_metrics(tokenizer: Any, ds: Any, batch_size: int, device: Any) -> dict[str, float]:
-    """The tokenizer's `summarize` of its `eval_stats` over `ds` (MSE, PSNR, codebook usage, ...)."""
-    import torch
+def reconstruction_metrics(model: Any, ds: Any, batch_size: int, device: Any) -> dict[str, float]:
+    """The model's `summarize` of its `eval_stats` over `ds` (MSE, PSNR, codebook usage, ...)."""
     from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
 
-    from argen.train.distributed import add_stats, check_stats
+    from argen.metrics.reconstruction import sum_eval_stats, summarize_stats
 
-    tokenizer.eval()
-    stats = None
-    with torch.no_grad():
-        for x, _ in tqdm(DataLoader(ds, batch_size=batch_size), desc="reconstruct", unit="batch", dynamic_ncols=True):
-            stats = add_stats(stats, check_stats(tokenizer.eval_stats(x.to(device)), type(tokenizer).__name__, "eval_stats"))
-    if stats is None:
-        raise ValueError("expected at least one example to evaluate, given none")
-    return {k: float(v) for k, v in tokenizer.summarize(stats).items()} | {"n": len(ds)}
+    return summarize_stats(model, *sum_eval_stats(model, DataLoader(ds, batch_size=batch_size), device, progress=True))
 
 
 def format_reconstruction(metrics: dict[str, float]) -> str:

@@ -86,3 +86,28 @@ def adaptive_weight(rec_loss: Tensor, g_loss: Tensor, last_layer: Tensor, disc_w
     # rather than the clamp's maximum weight
     usable = torch.isfinite(rec_norm) & torch.isfinite(adv_norm) & (adv_norm > 0)
     return (torch.where(usable, weight, torch.zeros_like(weight)) * disc_weight).detach()
+
+
+class StepStash:
+    """What a generator phase computed on each micro-batch of one training step, kept for the
+    discriminator phase of the same step (the trainer runs the phases in order on the same
+    micro-batches), so the discriminator reads detached outputs instead of rerunning the
+    generator. Not a module: nothing is saved; a new step forgets the old one."""
+
+    def __init__(self) -> None:
+        self._step: int = -1
+        self._kept: list[tuple[Tensor, tuple[Tensor, ...]]] = []
+
+    def put(self, step: int, x: Tensor, *values: Tensor) -> None:
+        if step != self._step:
+            self._step, self._kept = step, []
+        self._kept.append((x, values))
+
+    def get(self, x: Tensor, step: int) -> tuple[Tensor, ...] | None:
+        """The values put for this batch `x` at `step` (the same tensor or an equal one), or None."""
+        if step != self._step:
+            return None
+        for x0, values in self._kept:
+            if x0 is x or (x0.shape == x.shape and x0.device == x.device and torch.equal(x0, x)):
+                return values
+        return None

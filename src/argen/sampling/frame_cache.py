@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from argen.sampling.steppers import register_stepper_kind
+from argen.sampling.steppers import own_order_factory, register_stepper_kind
 
 _PLANS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, Any]]" = weakref.WeakKeyDictionary()
 
@@ -117,13 +117,7 @@ class FrameCacheStepper:
         """`pos` is known: nothing to do now (the next call catches the frame, or the context, up)."""
 
 
-def _build(model: Any, cond: Tensor | None, order: Any = None) -> FrameCacheStepper:
-    if order is not None:
-        raise ValueError("the frame_cache stepper walks the model's generation order: expected order=None, given an order")
-    return FrameCacheStepper(model, cond)
-
-
-register_stepper_kind("frame_cache", _build,
+register_stepper_kind("frame_cache", own_order_factory("frame_cache", FrameCacheStepper),
                       doc="per-frame context once per frame (model.frame_context), the frame's decoder "
                           "through the conv planner (model.decoder)")
 

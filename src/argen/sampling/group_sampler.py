@@ -21,7 +21,7 @@ from typing import Any
 from torch import Tensor
 
 from argen.positions import at
-from argen.sampling.steppers import register_stepper_kind
+from argen.sampling.steppers import own_order_factory, register_stepper_kind
 
 
 class GroupStepper:
@@ -60,13 +60,7 @@ class GroupStepper:
         pass  # nothing carried: a known position needs no call
 
 
-def _no_order(model: Any, cond: Tensor | None, order: Any = None) -> GroupStepper:
-    if order is not None:
-        raise ValueError("the group stepper walks the model's generation order: expected order=None, given an order")
-    return GroupStepper(model, cond)
-
-
-register_stepper_kind("group", _no_order,
+register_stepper_kind("group", own_order_factory("group", GroupStepper),
                       doc="conditionally independent pixel groups: one network call per group (model.group_logits)")
 
 __all__ = ["GroupStepper"]

@@ -63,6 +63,17 @@ def _no_order(kind: str, order: Any) -> None:
         raise ValueError(f"the {kind} stepper walks the model's generation order: expected order=None, given an order")
 
 
+def own_order_factory(kind: str, build: Callable[[Any, Tensor | None], Stepper]) -> Callable[..., Stepper]:
+    """The factory of a kind whose steppers walk the model's own generation order: `build(model,
+    cond)`, refusing `order=` with one message for every such kind."""
+
+    def factory(model: Any, cond: Tensor | None, order: Any = None) -> Stepper:
+        _no_order(kind, order)
+        return build(model, cond)
+
+    return factory
+
+
 # ----- the built-in kinds ---------------------------------------------------------------------------
 def _naive(model: Any, cond: Tensor | None, order: Any = None) -> Stepper:
     return NaiveStepper(model, cond) if order is None else NaiveStepper(model, cond, order=order)
@@ -110,4 +121,4 @@ register_stepper_kind("ardm", _ardm, _ardm_generate,
                       doc="order-agnostic ARDMs: parallel sampling under a call budget; per-sub-pixel reference")
 
 
-__all__ = ["StepperKind", "register_stepper_kind", "stepper_kinds", "stepper_kind", "build_stepper"]
+__all__ = ["StepperKind", "register_stepper_kind", "stepper_kinds", "stepper_kind", "build_stepper", "own_order_factory"]

@@ -26,7 +26,7 @@ from einops import rearrange
 from torch import Tensor
 
 from argen.positions import channels_first
-from argen.sampling.steppers import register_stepper_kind
+from argen.sampling.steppers import own_order_factory, register_stepper_kind
 
 
 class SubpixelStateStepper:
@@ -86,13 +86,7 @@ class SubpixelStateStepper:
         self._position(x, pos)
 
 
-def _build(model: Any, cond: Tensor | None, order: Any = None) -> SubpixelStateStepper:
-    if order is not None:
-        raise ValueError("the subpixel_state stepper walks the model's generation order: expected order=None, given an order")
-    return SubpixelStateStepper(model, cond)
-
-
-register_stepper_kind("subpixel_state", _build,
+register_stepper_kind("subpixel_state", own_order_factory("subpixel_state", SubpixelStateStepper),
                       doc="a running state over earlier sub-pixels, one update per sub-pixel (model.subpixel_steps)")
 
 __all__ = ["SubpixelStateStepper"]

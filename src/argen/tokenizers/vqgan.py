@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from argen.fields import spec
-from argen.nn.discriminator import PatchDiscriminator, adaptive_weight, hinge_d_loss, hinge_g_loss, patch_output_size
+from argen.nn.discriminator import PatchDiscriminator, StepStash, adaptive_weight, hinge_d_loss, hinge_g_loss, patch_output_size
 from argen.nn.pixels import mean_stat, one_stat, to_unit
 from argen.tokenizers.base import Stats, register_tokenizer
 from argen.tokenizers.vqvae import TINY as VQVAE_TINY
@@ -103,7 +103,7 @@ class VQGAN(VQVAE):
         # not submodules: the perceptual net is frozen, loaded lazily (a checkpoint never needs
         # the file) and never saved; the stored reconstructions are this step's, for the "disc" phase
         self._perceptual: list[FeatureDistance] = []
-        self._stored: tuple[int, list[tuple[Tensor, Tensor, Tensor]]] = (-1, [])
+        self._stash = StepStash()
 
     def training_phases(self, step: int) -> tuple[str, ...]:
         return ("model", "disc") if step >= self.config.disc_start else ("model",)
@@ -150,27 +150,11 @@ class VQGAN(VQVAE):
         stats["g_loss"] = mean_stat(g_loss, x.shape[0])
         stats["adaptive_weight"] = one_stat(weight, x.device)
         if step >= self.config.disc_start:  # only the discriminator phase reads it
-            self._store(step, x, xf, recon.detach().float())
+            self._stash.put(step, x, xf, recon.detach().float())
         return loss, stats
 
-    def _store(self, step: int, x: Tensor, xf: Tensor, recon: Tensor) -> None:
-        kept_step, kept = self._stored
-        if kept_step != step:
-            kept = []
-        kept.append((x, xf, recon))
-        self._stored = (step, kept)
-
-    def _recalled(self, x: Tensor, step: int) -> tuple[Tensor, Tensor] | None:
-        kept_step, kept = self._stored
-        if kept_step != step:
-            return None
-        for x0, xf, recon in kept:
-            if x0 is x or (x0.shape == x.shape and x0.device == x.device and torch.equal(x0, x)):
-                return xf, recon
-        return None
-
     def _disc_loss(self, x: Tensor, step: int) -> tuple[Tensor, Stats]:
-        pair = self._recalled(x, step)
+        pair = self._stash.get(x, step)
         if pair is None:
             with torch.no_grad():
                 xf, recon = self._plain_pass(x)

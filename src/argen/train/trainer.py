@@ -54,6 +54,7 @@ from argen.checkpoint import CONFIG_FILE, EMA_FILE, WEIGHTS_FILE, CorruptCheckpo
 from argen.conditioning import batch_condition, sample_conditions
 from argen.device import resolve_device
 from argen.metrics.bpd import bits_per_dim, evaluate_bpd
+from argen.metrics.reconstruction import sum_eval_stats, summarize_stats
 from argen.train import distributed as D
 from argen.train.config import TrainConfig
 from argen.train.ema import EMA
@@ -396,9 +397,7 @@ class Trainer:
         self.autocast_dtype = check_precision(config.precision, self.device)
         self.model = model.to(self.device).train()
         self.objective = objective_of(self.model)
-        self.declared_stats = D.has_training_stats(self.model)  # update_statistics after each step
-        # whether the loss comes with statistics: declared ones, or a reconstruction model's logs
-        self.with_stats = self.declared_stats
+        self.with_stats = D.has_training_stats(self.model)  # update_statistics after each step
         phases = tuple(self.model.optimizer_phases) if self.objective == "reconstruction" else ("model",)
         if not phases or phases[0] != "model" or len(set(phases)) != len(phases):
             raise TypeError(f"expected {type(self.model).__name__}.optimizer_phases to start with 'model' and "
@@ -414,8 +413,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=config.precision == "fp16")
         self.optimizers = {phase: build_optimizer(self._phase_parameters(phase), config) for phase in phases}
         self.optimizer = self.optimizers["model"]
-        # 0-d training statistics summed since the last log line: {name: [sum, count]}
-        self._logged_stats: dict[str, list[float]] = {}
+        # 0-d training statistics summed since the last log line, on the device (read when logged,
+        # so a step never waits for them): {name: (sum, count)}
+        self._logged_stats: D.Stats = {}
         # a model may declare that averaged weights mean nothing (a tokenizer: averaged encoder
         # weights would not match the codebook buffers, which follow the live encoder)
         averaging = getattr(type(self.model), "weight_averaging", True)
@@ -534,6 +534,9 @@ class Trainer:
         n = len(xs)
         stats: D.Stats = {}
         reported: tuple[Tensor, Tensor | None] | None = None
+        # a reconstruction model's phase_loss always returns (loss, stats): its logs at least
+        paired = self.with_stats or self.objective == "reconstruction"
+        method = "loss_and_stats" if self.objective == "likelihood" else "phase_loss"
         for phase in self._active_phases():
             optimizer = self.optimizers[phase]
             for group in optimizer.param_groups:
@@ -545,8 +548,7 @@ class Trainer:
                 with D.no_sync(self.loss_module, skip=i < n - 1):
                     with self._autocast():
                         out = self.loss_fn(xi, ci) if self.objective == "likelihood" else self.loss_fn(xi, ci, phase, self.step)
-                    method = "loss_and_stats" if self.objective == "likelihood" else "phase_loss"
-                    if self.with_stats or self.objective == "reconstruction":
+                    if paired:
                         if not (isinstance(out, tuple) and len(out) == 2):
                             raise TypeError(f"expected {type(self.model).__name__} to return (loss, stats) from its "
                                             f"training loss, given a {type(out).__name__}")
@@ -581,11 +583,10 @@ class Trainer:
         if stats:
             stats = D.all_reduce_stats(stats)  # every rank runs this: one collective per step
             for name, (s_, c_) in stats.items():
-                if s_.dim() == 0:
-                    acc = self._logged_stats.setdefault(name, [0.0, 0.0])
-                    acc[0] += float(s_)
-                    acc[1] += float(c_)
-            if self.declared_stats:
+                if s_.dim() == 0:  # names may come and go between steps (a discriminator's from disc_start)
+                    old = self._logged_stats.get(name)
+                    self._logged_stats[name] = (s_, c_) if old is None else (old[0] + s_, old[1] + c_)
+            if self.with_stats:
                 self.model.update_statistics(stats)
         if self.ema is not None:
             self.ema.update(self.model)  # copies buffers too: the updated statistics
@@ -710,8 +711,8 @@ class Trainer:
         else:
             record["train_loss"] = nats
         for name, (total, n) in sorted(self._logged_stats.items()):
-            if n > 0:
-                record[f"train_{name}"] = total / n
+            if float(n) > 0:
+                record[f"train_{name}"] = float(total) / float(n)
         self._logged_stats = {}
         record.update({
             "lr": lr_at(self.step - 1, self.config),
@@ -786,27 +787,14 @@ class Trainer:
     def _evaluate_reconstruction(self, shard: Dataset) -> dict[str, Any]:
         """The model's `summarize` of its `eval_stats` summed over the shards of every rank."""
         model = self.eval_model
-        was_training = model.training
-        model.eval()
-        stats: D.Stats | None = None
         loader = DataLoader(shard, batch_size=self.config.eval_batch_size, shuffle=False,
                             num_workers=self.config.num_workers) if len(shard) else [
             (torch.zeros((0, *model.data_shape), dtype=torch.long), None)]  # an empty shard still joins the all-reduce
-        examples = 0
         with self._full_precision():
-            for x, _ in loader:
-                stats = D.add_stats(stats, D.check_stats(model.eval_stats(x.to(self.device)), type(model).__name__,
-                                                           "eval_stats"))
-                examples += x.shape[0]
-        model.train(was_training)
+            stats, examples = sum_eval_stats(model, loader, self.device)
         assert stats is not None
         stats = D.all_reduce_stats(stats)
-        count = int(D.all_reduce_sum([float(examples)], self.device)[0])
-        if count == 0:
-            raise ValueError("expected at least one evaluation example, given none")
-        result = {k: float(v) for k, v in model.summarize(stats).items()}
-        result["n"] = count
-        return result
+        return summarize_stats(model, stats, int(D.all_reduce_sum([float(examples)], self.device)[0]))
 
     def evaluate_and_log(self) -> dict[str, Any]:
         result = self.evaluate()

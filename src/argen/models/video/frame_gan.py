@@ -36,7 +36,7 @@ from argen.conditioning import CondSpec
 from argen.fields import spec
 from argen.metrics.video import frame_mse, frame_psnr, frame_ssim
 from argen.models.base import PIXEL_LEVELS, Capabilities, VideoModelConfig
-from argen.nn.discriminator import PatchDiscriminator, hinge_d_loss, hinge_g_loss, patch_output_size
+from argen.nn.discriminator import PatchDiscriminator, StepStash, hinge_d_loss, hinge_g_loss, patch_output_size
 from argen.nn.pixels import mean_stat, to_levels, to_unit
 from argen.nn.unet import TimestepEmbedding, UNet
 from argen.registry import register_model
@@ -142,7 +142,7 @@ class FrameGAN(nn.Module):
         self.global_disc = PatchDiscriminator(c, config.disc_channels, config.disc_layers)
         self.local_disc = PatchDiscriminator(c, config.disc_channels, config.disc_layers)
         # this step's generated frames, for the "disc" phase (not a submodule, never saved)
-        self._stored: tuple[int, list[tuple[Tensor, Tensor, Tensor]]] = (-1, [])
+        self._stash = StepStash()
 
     # ----- facts -----------------------------------------------------------------------------------
     @property
@@ -321,25 +321,11 @@ class FrameGAN(nn.Module):
         stats = {"rec": mean_stat(rec, n), "mse": mean_stat(mse, n), "g_loss": mean_stat(g_loss, n),
                  "own_frames": mean_stat(own.float().mean() if own.numel() else torch.zeros((), device=x.device), n)}
         if step >= self.config.disc_start:  # only the discriminator phase reads it
-            self._store(step, x, frames.detach(), masks.detach())
+            self._stash.put(step, x, frames.detach(), masks.detach())
         return loss, stats
 
-    def _store(self, step: int, x: Tensor, frames: Tensor, masks: Tensor) -> None:
-        kept_step, kept = self._stored
-        kept = [] if kept_step != step else kept
-        kept.append((x, frames, masks))
-        self._stored = (step, kept)
-
-    def _recalled(self, x: Tensor, step: int) -> tuple[Tensor, Tensor] | None:
-        kept_step, kept = self._stored
-        if kept_step == step:
-            for x0, frames, masks in kept:
-                if x0 is x or (x0.shape == x.shape and x0.device == x.device and torch.equal(x0, x)):
-                    return frames, masks
-        return None
-
     def _disc_loss(self, x: Tensor, step: int) -> tuple[Tensor, Stats]:
-        pair = self._recalled(x, step)
+        pair = self._stash.get(x, step)
         xf = to_unit(x, self.levels)
         if pair is None:  # no "model" phase before it on this batch: unroll once, without gradient
             with torch.no_grad():
