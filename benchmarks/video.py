@@ -126,6 +126,23 @@ def fvd_rows(names: list[str], test, args: argparse.Namespace) -> dict:
     return rows
 
 
+def baseline_rows(test, args: argparse.Namespace) -> dict:
+    """Per-future-frame MSE and SSIM of two trivial predictors on the same `--n` test clips as the
+    models: the last context frame repeated, and blank (all-zero) future frames."""
+    from argen.metrics.video import frame_metrics
+
+    k = args.context
+    x = torch.stack([test[i][0] for i in range(args.n)])
+    copy, blank = x.clone(), x.clone()
+    copy[:, k:] = x[:, k - 1:k]
+    blank[:, k:] = 0
+    rows = {}
+    for name, pred in (("last context frame repeated", copy), ("blank future frames", blank)):
+        m = frame_metrics(pred[:, k:], x[:, k:], test.levels)
+        rows[name] = {"mse_by_frame": [round(v, 5) for v in m["mse"]], "ssim_by_frame": [round(v, 4) for v in m["ssim"]]}
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=MODELS)
@@ -142,11 +159,16 @@ def main() -> None:
     p.add_argument("--fvd-only", action="store_true",
                    help="only the video Frechet distances of --fvd-n predictions of trained runs in --out, with baselines")
     p.add_argument("--fvd-n", type=int, default=256)
+    p.add_argument("--baselines-only", action="store_true",
+                   help="only the per-frame MSE/SSIM of the trivial predictors (last frame repeated, blank) on --n clips")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     train, test = load_dataset(DATA, "train"), load_dataset(DATA, "test")
     out = Path(args.out)
+    if args.baselines_only:
+        print(json.dumps(baseline_rows(test, args), indent=2))
+        return
     if args.fvd_only:
         rows = fvd_rows(args.models, test, args)
         rows["load_at_end"] = os.getloadavg()[0]
