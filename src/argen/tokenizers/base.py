@@ -114,6 +114,26 @@ class Tokenizer(nn.Module, abc.ABC):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    # ----- a condition encoded with the image (IQ-VAE); none by default -------------------------------
+    @property
+    def condition_spec(self) -> CondSpec | None:
+        """The condition input this tokenizer also encodes (e.g. an edge map), or None."""
+        return None
+
+    @property
+    def condition_vocab(self) -> int | None:
+        """Condition tokens take values in [0, condition_vocab); None without a condition."""
+        return None
+
+    @property
+    def condition_len(self) -> int | None:
+        """Tokens per encoded condition; None without a condition."""
+        return None
+
+    def encode_condition(self, c: Tensor) -> Tensor:
+        """(B, ...) condition -> (B, condition_len) long tokens; a tokenizer without one refuses."""
+        raise ValueError(f"tokenizer {self.model_name!r} encodes no condition (condition_spec is None)")
+
     # ----- the contract ------------------------------------------------------------------------
     @abc.abstractmethod
     def encode(self, x: Tensor) -> Tensor:
