@@ -67,8 +67,8 @@ def _labels(model: Any, n: int, klass: int | None) -> Any:
     return sample_conditions(model.cond_spec, n, klass, device=model.device, option="--class")
 
 
-def _generate(model: Any, x: Any, known: Any, cond: Any, args: argparse.Namespace) -> Any:
-    """Sample (known=None) or complete with the model's own sampler, or the naive one with --naive."""
+def _sampling_config(model: Any, args: argparse.Namespace) -> Any:
+    """The SamplingConfig of the sampling options (checked against what the model can do)."""
     import torch
 
     from argen.sampling import SamplingConfig
@@ -76,10 +76,16 @@ def _generate(model: Any, x: Any, known: Any, cond: Any, args: argparse.Namespac
     config = SamplingConfig(generator=torch.Generator().manual_seed(args.seed), temperature=args.temperature,
                             top_k=args.top_k, top_p=args.top_p, naive=args.naive, progress=True,
                             cfg_scale=args.cfg_scale)
-    caps = model.capabilities
-    if config.cfg_scale != 1.0 and not caps.guidance:
+    if config.cfg_scale != 1.0 and not model.capabilities.guidance:
         raise ValueError(f"--cfg-scale needs a model with a null (unconditional) input for classifier-free "
                          f"guidance; model {model.model_name!r} has none: expected --cfg-scale 1, given {args.cfg_scale}")
+    return config
+
+
+def _generate(model: Any, x: Any, known: Any, cond: Any, args: argparse.Namespace) -> Any:
+    """Sample (known=None) or complete with the model's own sampler, or the naive one with --naive."""
+    config = _sampling_config(model, args)
+    caps = model.capabilities
     opts = {}
     if args.steps is not None:
         if not caps.parallel_steps:
@@ -115,6 +121,9 @@ def register_train(sub: Any) -> None:
                    help="continue the run in --out from its last checkpoint (starts fresh if there is none)")
     p.add_argument("--overwrite", action="store_true", help="start over in a run directory that holds a run")
     p.add_argument("--class-conditional", action="store_true", help="condition on the dataset's class labels")
+    p.add_argument("--conditional", action="store_true",
+                   help="condition on what the dataset pairs each item with: class labels, caption tokens "
+                        "(mnist-captions), or a condition image encoded by the tokenizer (mnist-edges + iqvae)")
     _add_device(p)
     p.set_defaults(func=cmd_train)
 
@@ -136,6 +145,8 @@ def _train_option(name: str) -> Callable[[str], Any]:
 
 #: Model settings that the dataset decides (`argen train` sets them from it).
 DATASET_DECIDES = ("image_shape", "video_shape", "levels")
+#: Config fields of token-conditioned models that the dataset decides (its vocabulary and caption length).
+TOKEN_CONDITION_FIELDS = ("cond_vocab", "cond_len")
 
 
 def _check_dataset_settings(entry: Any, given: dict[str, Any], data: str, ds: Any, shape_key: str) -> None:
@@ -236,8 +247,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from argen.train.trainer import RUN_FILES, SAMPLES_DIR, TENSORBOARD_DIR, objective_of, read_train_state
 
     entry, kind = trainable_entry(args.model)  # unknown name: ValueError listing the names
-    if kind == "tokenizer" and (args.tokenizer or args.class_conditional):
-        raise ValueError(f"{args.model!r} is a tokenizer: it takes neither --tokenizer nor --class-conditional")
+    if kind == "tokenizer" and (args.tokenizer or args.class_conditional or args.conditional):
+        raise ValueError(f"{args.model!r} is a tokenizer: it takes none of --tokenizer, --class-conditional, "
+                         "--conditional")
     layers = [load_config_file(args.config)] if args.config else []
     layers.append(parse_overrides(args.set))
     if not getattr(entry.cls, "weight_averaging", True) and "ema_decay" not in merge_configs(*layers)["train"]:
@@ -325,7 +337,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     model_kw = dict(merged["model"])
     given_classes = model_kw.pop("num_classes", None)
-    conditional = args.class_conditional or bool(given_classes)
+    spec = train_ds.cond_spec
+    stored_tokens = bool(model_kw.get("cond_vocab"))  # a resumed token-conditioned run
+    conditional = args.class_conditional or args.conditional or bool(given_classes) or stored_tokens
+    if conditional and spec.kind != "class" and (args.class_conditional or given_classes):
+        raise ValueError(f"--class-conditional needs a labelled dataset; {data!r} pairs its items with "
+                         f"{spec.kind} conditions (use --conditional)" if spec.kind != "none" else
+                         f"--class-conditional needs a labelled dataset, given {data!r} without labels")
     shape_key = "video_shape" if len(train_ds.shape) == 4 else "image_shape"
     config_fields = {f for f in entry.cls.config_class.__dataclass_fields__}
     takes = "video_shape" if "video_shape" in config_fields else "image_shape"
@@ -335,19 +353,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     _check_dataset_settings(entry, user_model, data, train_ds, shape_key)
     for key in DATASET_DECIDES:
         model_kw.pop(key, None)  # these come from the dataset (a resumed run's stored values equal them)
-    if conditional:
-        if not train_ds.num_classes:
-            raise ValueError(f"--class-conditional needs a labelled dataset, given {data!r} without labels")
+    for key in TOKEN_CONDITION_FIELDS:
+        model_kw.pop(key, None)  # decided by the dataset's captions / condition tokens
+    if conditional and spec.kind == "none":
+        raise ValueError(f"--conditional needs a dataset that pairs items with a condition, given {data!r} "
+                         "without labels or conditions")
+    if conditional and spec.kind == "class":
         if given_classes and given_classes != train_ds.num_classes:
             raise ValueError(f"model.num_classes must match the dataset's {train_ds.num_classes}, given {given_classes}")
+    if conditional and spec.kind not in ("class", "none"):
+        takes = getattr(entry.cls.config_class, "condition_kinds", ("class",))
+        if spec.kind not in takes:
+            hint = (" (a condition image is turned into tokens by a tokenizer that encodes it: train over "
+                    "--tokenizer RUN of an iqvae tokenizer)" if spec.kind == "image" else "")
+            raise ValueError(f"model {args.model!r} takes {' or '.join(takes)} conditions; dataset {data!r} pairs "
+                             f"its items with {spec.kind} conditions{hint}")
     model_kw = coerce_fields(entry.cls.config_class, model_kw, section="model")
     model_kw.update({shape_key: tuple(train_ds.shape), "levels": train_ds.levels})
     if kind == "model":
-        model_kw["num_classes"] = train_ds.num_classes if conditional else None
+        model_kw["num_classes"] = train_ds.num_classes if conditional and spec.kind == "class" else None
+        if conditional and spec.kind == "tokens":
+            model_kw.update({"cond_vocab": spec.vocab_size, "cond_len": spec.max_len})
 
     torch.manual_seed(train_cfg.seed)
     model = create_trainable(args.model, **model_kw)
     extra: dict[str, Any] = {"data": data, "data_root": root}
+    if conditional and train_ds.vocabulary is not None:
+        extra["vocabulary"] = train_ds.vocabulary.to_dict()  # `argen sample --prompt` encodes with it
     render = None
     if prior_of is not None:
         extra["tokenizer"] = prior_of.record
@@ -591,6 +623,15 @@ def register_sample(sub: Any) -> None:
     p.add_argument("--class", dest="klass", type=int_arg(ge=0), default=None, metavar="K",
                    help="class label for every sample (class-conditional models; default: cycle 0..C-1)")
     p.add_argument("--nrow", type=int_arg(ge=1), default=None, help="images per grid row (video: clips per row)")
+    p.add_argument("--prompt", default=None, metavar="TEXT",
+                   help='caption for every sample, for text-conditioned models (e.g. "a green two on a black '
+                        'background"); words outside the run\'s vocabulary are refused')
+    p.add_argument("--condition", default=None, metavar="IMAGE",
+                   help="condition image for every sample (e.g. an edge map PNG), for image-conditioned models; "
+                        "its size must be the model's; values 0..L-1, or 8-bit values scaled to the L levels")
+    p.add_argument("--rerank", type=int_arg(ge=1), default=None, metavar="K",
+                   help="draw K candidates per sample and keep the one the model scores best (see "
+                        "argen.sampling.rerank; default: no reranking)")
     _add_sampling(p)
     _add_device(p)
     p.set_defaults(func=cmd_sample)
@@ -607,11 +648,68 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.output is None and _is_video(model):
         output = Path("samples.gif")
     output = check_image_output(output, video=_is_video(model))
-    cond = _labels(model, args.num, args.klass)
-    x0 = torch.zeros((args.num, *model.data_shape), dtype=torch.long, device=model.device)
-    x = _generate(model, x0, None, cond, args)
+    cond = _sample_condition(model, args)
+    if args.rerank is not None and args.rerank > 1:
+        from argen.sampling.rerank import rerank_sample
+
+        config = _sampling_config(model, args)
+        x = rerank_sample(model, args.num, cond, args.rerank, config)
+    else:
+        x0 = torch.zeros((args.num, *model.data_shape), dtype=torch.long, device=model.device)
+        x = _generate(model, x0, None, cond, args)
     print(f"argen: wrote {args.num} samples to {_write_output(x.cpu(), model, output, args.nrow)}")
     return EXIT_OK
+
+
+def _sample_condition(model: Any, args: argparse.Namespace) -> Any:
+    """The `cond` of `argen sample`: --class labels, a --prompt's tokens or a --condition image, per the
+    model's `cond_spec`; any other combination is refused before sampling."""
+    spec = model.cond_spec
+    given = [name for name, v in (("--class", args.klass), ("--prompt", args.prompt), ("--condition", args.condition))
+             if v is not None]
+    if len(given) > 1:
+        raise ValueError(f"expected at most one of --class, --prompt, --condition, given {', '.join(given)}")
+    if args.prompt is not None:
+        if spec.kind != "tokens":
+            raise ValueError(f"--prompt needs a text-conditioned model; {model.model_name!r} takes "
+                             f"{spec.kind if spec.kind != 'none' else 'no'} conditions")
+        from argen.text import Vocabulary
+
+        record = run_description(args.run).get("vocabulary")
+        if record is None:
+            raise ValueError(f"the run {args.run!r} records no vocabulary (it was not trained on captions), so a "
+                             "--prompt cannot be encoded")
+        tokens = Vocabulary.from_dict(record).batch([args.prompt], int(spec.max_len))
+        return tokens.expand(args.num, -1).contiguous().to(model.device)
+    if args.condition is not None:
+        if spec.kind != "image":
+            raise ValueError(f"--condition needs an image-conditioned model; {model.model_name!r} takes "
+                             f"{spec.kind if spec.kind != 'none' else 'no'} conditions")
+        c = read_condition_image(args.condition, spec)
+        return c.unsqueeze(0).expand(args.num, *c.shape).contiguous().to(model.device)
+    if spec.kind in ("tokens", "image") and args.cfg_scale != 1.0:
+        raise ValueError(f"--cfg-scale needs a condition to guide towards: pass "
+                         f"{'--prompt' if spec.kind == 'tokens' else '--condition'}")
+    return _labels(model, args.num, args.klass) if spec.kind in ("class", "none") or args.klass is not None else None
+
+
+def read_condition_image(path: str, spec: Any) -> Any:
+    """A condition image file as a (C, H, W) long tensor in [0, spec.levels): checked against the spec's
+    shape; 8-bit values are scaled down to the levels (v * L // 256) unless they already lie below L."""
+    import numpy as np
+    import torch
+
+    from argen.data.images import read_image
+
+    a = read_image(path)  # (H, W) or (H, W, C) uint8; unreadable files raise ValueError / FileNotFoundError
+    a = a[None] if a.ndim == 2 else np.moveaxis(a, -1, 0)
+    want = tuple(spec.image_shape)
+    if tuple(a.shape) != want:
+        raise ValueError(f"--condition {path!r}: expected an image of shape (C, H, W) = {want}, given {tuple(a.shape)}")
+    levels = int(spec.levels)
+    if int(a.max()) >= levels:
+        a = a.astype(np.int64) * levels // 256
+    return torch.from_numpy(a.astype(np.int64))
 
 
 # ----- complete ---------------------------------------------------------------------------------

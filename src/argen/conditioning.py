@@ -10,6 +10,8 @@ has `num_classes`. Kinds and the `cond` tensor each takes:
            1 <= L <= max_len (any L >= 1 when max_len is None)
   frames   context frames (B, frames, C, H, W) long in            video continuation
            [0, levels), (C, H, W) = frame_shape when given
+  image    a condition image (B, C, H, W) long in [0, levels),    edge map -> image (IQ-VAE)
+           (C, H, W) = image_shape
 
 `cond=None` is accepted by every kind: the unconditional case (a conditional model's null
 condition, which classifier-free guidance also needs).
@@ -26,8 +28,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-CondKind = Literal["none", "class", "tokens", "frames"]
-KINDS: tuple[str, ...] = ("none", "class", "tokens", "frames")
+CondKind = Literal["none", "class", "tokens", "frames", "image"]
+KINDS: tuple[str, ...] = ("none", "class", "tokens", "frames", "image")
 
 
 def _positive(name: str, value: Any, required: bool) -> None:
@@ -49,7 +51,8 @@ class CondSpec:
     max_len: int | None = None  # kind "tokens": the longest sequence (None: any length)
     frames: int | None = None  # kind "frames": number of context frames k
     frame_shape: tuple[int, ...] | None = None  # kind "frames": (C, H, W) of a frame (None: any)
-    levels: int | None = None  # kind "frames": value levels of a frame (None: any non-negative)
+    levels: int | None = None  # kind "frames": value levels of a frame (None: any non-negative); "image": required
+    image_shape: tuple[int, ...] | None = None  # kind "image": (C, H, W) of the condition image
     #: kind "class": label `num_classes` is also valid, the null class classifier-free guidance runs
     #: on (`num_classes` stays the number of real classes: `sample_conditions` never draws it)
     null_class: bool = False
@@ -61,14 +64,21 @@ class CondSpec:
         _positive("vocab_size", self.vocab_size, self.kind == "tokens")
         _positive("max_len", self.max_len, False)
         _positive("frames", self.frames, self.kind == "frames")
-        _positive("levels", self.levels, False)
+        _positive("levels", self.levels, self.kind == "image")
         if self.frame_shape is not None:
             object.__setattr__(self, "frame_shape", tuple(self.frame_shape))
             for s in self.frame_shape:
                 _positive("frame_shape", s, True)
+        if self.kind == "image" and (self.image_shape is None or len(tuple(self.image_shape)) != 3):
+            raise ValueError(f"CondSpec: kind 'image' needs image_shape (C, H, W), given {self.image_shape!r}")
+        if self.image_shape is not None:
+            object.__setattr__(self, "image_shape", tuple(self.image_shape))
+            for s in self.image_shape:
+                _positive("image_shape", s, True)
         used = {"class": ("num_classes",), "tokens": ("vocab_size", "max_len"),
-                "frames": ("frames", "frame_shape", "levels"), "none": ()}[self.kind]
-        stray = [n for n in ("num_classes", "vocab_size", "max_len", "frames", "frame_shape", "levels")
+                "frames": ("frames", "frame_shape", "levels"), "image": ("image_shape", "levels"),
+                "none": ()}[self.kind]
+        stray = [n for n in ("num_classes", "vocab_size", "max_len", "frames", "frame_shape", "levels", "image_shape")
                  if n not in used and getattr(self, n) is not None]
         if self.null_class and self.kind != "class":
             stray.append("null_class")
@@ -95,6 +105,11 @@ class CondSpec:
                        levels: int | None = None) -> CondSpec:
         return cls("frames", frames=frames, frame_shape=frame_shape, levels=levels)
 
+    @classmethod
+    def image(cls, shape: tuple[int, ...], levels: int) -> CondSpec:
+        """A condition image (B, C, H, W) with values in [0, levels), e.g. an edge map."""
+        return cls("image", image_shape=tuple(shape), levels=levels)
+
     # ----- facts -------------------------------------------------------------------------------
     @property
     def conditional(self) -> bool:
@@ -112,6 +127,9 @@ class CondSpec:
             shape = ", ".join(map(str, self.frame_shape)) if self.frame_shape else "C, H, W"
             values = f" in [0, {self.levels - 1}]" if self.levels else ""
             return f"torch.long context frames of shape ({batch}, {self.frames}, {shape}){values}"
+        if self.kind == "image":
+            shape = ", ".join(map(str, self.image_shape))
+            return f"torch.long condition images of shape ({batch}, {shape}) in [0, {self.levels - 1}]"
         return "cond=None"
 
     # ----- checking ----------------------------------------------------------------------------
@@ -129,13 +147,14 @@ class CondSpec:
         if not cond.numel():
             return
         lo, hi = int(cond.min()), int(cond.max())
-        top = {"class": self.num_classes, "tokens": self.vocab_size, "frames": self.levels}[self.kind]
+        top = {"class": self.num_classes, "tokens": self.vocab_size, "frames": self.levels,
+               "image": self.levels}[self.kind]
         if self.null_class:
             if lo < 0 or hi > self.num_classes:
                 raise ValueError(f"expected labels in [0, {self.num_classes - 1}] or the null class "
                                  f"{self.num_classes}, given range [{lo}, {hi}]")
             return
-        what = {"class": "labels", "tokens": "tokens", "frames": "frame values"}[self.kind]
+        what = {"class": "labels", "tokens": "tokens", "frames": "frame values", "image": "condition values"}[self.kind]
         if lo < 0 or (top is not None and hi >= top):
             bound = f"[0, {top - 1}]" if top is not None else "[0, ...)"
             raise ValueError(f"expected {what} in {bound}, given range [{lo}, {hi}]")
@@ -146,6 +165,8 @@ class CondSpec:
         if self.kind == "tokens":
             return (len(shape) == 2 and shape[0] == batch and shape[1] >= 1
                     and (self.max_len is None or shape[1] <= self.max_len))
+        if self.kind == "image":
+            return shape == (batch, *self.image_shape)
         # frames: (B, k, C, H, W)
         if len(shape) != 5 or shape[:2] != (batch, self.frames):
             return False

@@ -9,6 +9,11 @@ A name is a base followed by zero or more view suffixes, applied left to right
   fashion-mnist    IDX files in `root`, else Debian's /usr/share/datasets/fashion-mnist/
                    (apt install dataset-fashion-mnist), else <data home>/fashion-mnist
   cifar10          python pickle batches in `root` (default <data home>/cifar10)
+  mnist-captions   the embedded digits in named colours with captions ("a red seven on a blue
+                   background"), 3x28x28, 256 levels; y = caption tokens; splits train, test and
+                   test-novel (compositions held out of training; argen.data.captions)
+  mnist-edges      the embedded digits with their edge maps as the condition, 1x28x28, 256 levels;
+                   y = edge map (1, 28, 28) in {0, 1} (argen.data.edges)
   moving-mnist     20-frame 64x64 clips of 2 embedded digits, (20, 1, 64, 64), unlabelled
   mnist-test-seq   the canonical Moving MNIST file mnist_test_seq.npy (20, N, 64, 64) uint8 ->
                    items (20, 1, 64, 64); found at `root` (the file or its folder), else
@@ -43,7 +48,9 @@ from typing import Any, Callable
 import numpy as np
 
 from argen.data import readers
+from argen.data.captions import CaptionSource
 from argen.data.dataset import ArgenDataset, ArraySource, Source
+from argen.data.edges import EdgeSource
 from argen.data.embedded import embedded_mnist
 from argen.data.paths import DEBIAN_FASHION_MNIST, EMBEDDED_MNIST, data_home
 from argen.data.video import (
@@ -135,6 +142,18 @@ def _mnist(split: str, root: Path | None, seed: int) -> tuple[Source, list[str] 
     return ArraySource(images[:, None], labels.astype("int64"), 256, 10), MNIST_CLASSES
 
 
+def _mnist_captions(split: str, root: Path | None, seed: int) -> tuple[Source, list[str] | None]:
+    _no_root("mnist-captions", root)
+    images, labels = embedded_mnist("test" if split == "test-novel" else split)
+    return CaptionSource(images[:, None], labels, split), None
+
+
+def _mnist_edges(split: str, root: Path | None, seed: int) -> tuple[Source, list[str] | None]:
+    _no_root("mnist-edges", root)
+    images, _ = embedded_mnist(split)
+    return EdgeSource(images[:, None]), None
+
+
 def _idx_base(base: str, classes: list[str]) -> Base:
     def build(split: str, root: Path | None, seed: int) -> tuple[Source, list[str] | None]:
         images, labels = readers.read_idx_split(_locate(base, root), split)
@@ -202,12 +221,16 @@ def _npy(path: Path, split: str) -> tuple[Source, list[str] | None]:
 
 BASES: dict[str, Base] = {
     "mnist": _mnist,
+    "mnist-captions": _mnist_captions,
+    "mnist-edges": _mnist_edges,
     "mnist-full": _idx_base("mnist-full", MNIST_CLASSES),
     "fashion-mnist": _idx_base("fashion-mnist", FASHION_MNIST_CLASSES),
     "cifar10": _cifar10,
     "moving-mnist": _moving_mnist,
     "mnist-test-seq": _mnist_test_seq,
 }
+#: Splits a base has beyond train / test / all.
+EXTRA_SPLITS: dict[str, tuple[str, ...]] = {"mnist-captions": ("test-novel",)}
 PATH_BASES = {"folder": _folder, "npy": _npy, "bair": _bair, "video-folder": _video_folder,
               "mnist-test-seq": _mnist_test_seq_path}
 
@@ -292,10 +315,11 @@ def parse_name(name: str, root: str | Path | None = None) -> tuple[str, Path | N
 
 def load_dataset(name: str, split: str = "train", *, root: str | None = None, seed: int = 0) -> ArgenDataset:
     """A Dataset of (x: long tensor ds.shape, y: long 0-dim, -1 if unlabelled); see the module doc."""
-    readers.check_split(split)
     if not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, given {seed!r}")
     base, path, parts = parse_name(name, root)
+    if split not in EXTRA_SPLITS.get(base, ()):
+        readers.check_split(split)
     clips, views = _clip_options(name, parts)
     frames = next((c.frames for c in clips if c.frames is not None), None)
     size = next((c.size for c in clips if c.size is not None), None)
@@ -332,6 +356,10 @@ def list_datasets(root: str | None = None) -> list[DatasetInfo]:
                     (1, 28, 28), 16, 10, *emb),
         DatasetInfo("mnist-color", "embedded MNIST, coloured digits on coloured backgrounds",
                     (3, 28, 28), 256, 10, *emb),
+        DatasetInfo("mnist-captions", "embedded MNIST in named colours with captions (y: tokens); splits train, "
+                    "test, test-novel (held-out compositions)", (3, 28, 28), 256, None, *emb),
+        DatasetInfo("mnist-edges", "embedded MNIST with edge maps as the condition (y: (1, 28, 28) in {0, 1})",
+                    (1, 28, 28), 256, None, *emb),
         DatasetInfo("moving-mnist", "Moving MNIST: 20 frames, 2 embedded digits bouncing on 64x64 "
                     "(10,000 train / 1,000 test clips, generated)", (20, 1, 64, 64), 256, None, *emb),
         DatasetInfo("moving-mnist-10f", "Moving MNIST, the first 10 frames (any -Nf, N <= 20)",

@@ -8,9 +8,15 @@ a relative path the folder it was relative to; `<key>` hashes those); training a
 weights, or of other data, is never used: it is recomputed. Items come out as an ordinary
 `ArgenDataset` of (codes (1, h, w) long, label), so a prior is trained exactly like a pixel model.
 Views that draw at random per epoch (dynamic binarization) are encoded as drawn for epoch 0.
+
+Conditions travel with the codes: class labels and caption tokens unchanged (y of the code dataset,
+with the image dataset's `cond_spec` and vocabulary); a condition image (an edge map) is encoded by
+the tokenizer when it declares one (`tokenizer.condition_spec`: IQ-VAE), so the prior is conditioned
+on the condition's tokens (`CondSpec.tokens(condition_vocab, condition_len)`).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -22,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from argen.conditioning import CondSpec
 from argen.data.dataset import ArgenDataset, ArraySource
 from argen.fileio import atomic_write
 
@@ -70,11 +77,33 @@ def encode_dataset(tokenizer: Any, ds: ArgenDataset, batch_size: int = 256, prog
     return out
 
 
+@torch.no_grad()
+def encode_conditions(tokenizer: Any, conditions: np.ndarray, spec: CondSpec, batch_size: int = 256,
+                      progress: bool = True) -> np.ndarray:
+    """(N, condition_len) int64 tokens of condition images (N, C, H, W) under the tokenizer's condition encoder."""
+    want = tokenizer.condition_spec
+    if spec != want:
+        raise ValueError(f"the dataset's conditions are {spec.expected('N')}; the tokenizer encodes {want.expected('N')}")
+    device = next(tokenizer.parameters()).device
+    out = np.empty((len(conditions), tokenizer.condition_len), dtype=np.int64)
+    for start in tqdm(range(0, len(conditions), batch_size), desc="tokenize conditions", disable=not progress,
+                      dynamic_ncols=True):
+        c = torch.from_numpy(np.asarray(conditions[start:start + batch_size], dtype=np.int64)).to(device)
+        out[start:start + len(c)] = tokenizer.encode_condition(c).cpu().numpy()
+    return out
+
+
+def _spec_record(spec: CondSpec) -> dict[str, Any]:
+    return dataclasses.asdict(spec)
+
+
 def write_codes(path: Path, codes: np.ndarray, labels: np.ndarray, *, fingerprint: str, source: dict[str, Any],
-                codebook_size: int, num_classes: int | None) -> Path:
+                codebook_size: int, num_classes: int | None, cond_spec: CondSpec | None = None,
+                vocabulary: dict[str, Any] | None = None) -> Path:
     """Write one cache file atomically (a kill leaves the old file or none)."""
     meta = {"format": CODES_FORMAT, "fingerprint": fingerprint, "source": source,
-            "codebook_size": codebook_size, "num_classes": num_classes}
+            "codebook_size": codebook_size, "num_classes": num_classes,
+            "cond_spec": None if cond_spec is None else _spec_record(cond_spec), "vocabulary": vocabulary}
     buffer = io.BytesIO()
     np.savez(buffer, codes=codes, labels=labels, meta=np.array(json.dumps(meta)))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,12 +149,25 @@ def code_dataset(tokenizer: Any, tokenizer_dir: str | Path, data: str, split: st
         codes = encode_dataset(tokenizer, images, batch_size=batch_size, progress=progress)
         labels = np.array([images.raw(i)[1] for i in range(len(images))], dtype=np.int64)
         num_classes = images.num_classes
+        spec: CondSpec | None = images.cond_spec if images.cond_spec.kind not in ("class", "none") else None
+        vocab = images.vocabulary.to_dict() if images.vocabulary is not None else None
+        if spec is not None and spec.kind == "image" and tokenizer.condition_spec is not None:
+            labels = encode_conditions(tokenizer, labels, spec, batch_size, progress)
+            spec = CondSpec.tokens(tokenizer.condition_vocab, tokenizer.condition_len)
         write_codes(path, codes, labels, fingerprint=fingerprint, source=source,
-                    codebook_size=tokenizer.codebook_size, num_classes=num_classes)
+                    codebook_size=tokenizer.codebook_size, num_classes=num_classes, cond_spec=spec, vocabulary=vocab)
     else:
         codes, labels, meta = cached
         num_classes = meta.get("num_classes")
-    has_labels = bool(len(labels)) and int(labels.min()) >= 0
-    source = ArraySource(codes, labels if has_labels else None, levels=tokenizer.codebook_size,
-                         num_classes=num_classes if has_labels else None)
+        spec = CondSpec(**meta["cond_spec"]) if meta.get("cond_spec") else None
+        vocab = meta.get("vocabulary")
+    if spec is not None:
+        from argen.text import Vocabulary
+
+        source = ArraySource(codes, labels, levels=tokenizer.codebook_size, cond_spec=spec,
+                             vocabulary=None if vocab is None else Vocabulary.from_dict(vocab))
+    else:
+        has_labels = bool(len(labels)) and int(labels.min()) >= 0
+        source = ArraySource(codes, labels if has_labels else None, levels=tokenizer.codebook_size,
+                             num_classes=num_classes if has_labels else None)
     return ArgenDataset(f"codes:{data}", source, seed=seed, split=split), cached is None

@@ -1,6 +1,8 @@
 """The one Dataset class behind every name `load_dataset` knows: a source of uint8 (pixels) or
 uint16 (codes, up to 65,536 levels) items plus a chain of views, returning
-`(x: long (C, H, W) or (T, C, H, W), y: long 0-dim)` per index."""
+`(x: long (C, H, W) or (T, C, H, W), y)` per index, y a long 0-dim class label (-1 unlabelled) or,
+for data with another condition (`ds.cond_spec`), that condition: caption tokens (L,) or a condition
+image (C, H, W)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,11 +13,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from argen.conditioning import CondSpec
 from argen.data.views import View
 
 
 class Source(Protocol):
-    """Raw items before views: uint8 or uint16 arrays of `item_shape` with values in [0, levels)."""
+    """Raw items before views: uint8 or uint16 arrays of `item_shape` with values in [0, levels),
+    each with a label (an int, -1 unlabelled) or a condition array (tokens, an image). A source may
+    also carry `cond_spec` (what its conditions are; default: class labels when it has classes) and
+    `vocabulary` (an `argen.text.Vocabulary` for token conditions)."""
 
     item_shape: tuple[int, ...]
     levels: int
@@ -23,7 +29,7 @@ class Source(Protocol):
 
     def __len__(self) -> int: ...
 
-    def get(self, index: int) -> tuple[np.ndarray, int]: ...
+    def get(self, index: int) -> tuple[np.ndarray, int | np.ndarray]: ...
 
 
 #: Item dtypes a source may hold, and the most levels each can represent.
@@ -33,12 +39,15 @@ ITEM_DTYPES = {np.dtype(np.uint8): 256, np.dtype(np.uint16): 65536}
 @dataclass
 class ArraySource:
     """Items held in memory: data (N, *item_shape) uint8 (up to 256 levels) or uint16 (up to 65,536,
-    e.g. the codes of a tokenizer), labels (N,) ints or None (unlabelled)."""
+    e.g. the codes of a tokenizer), labels (N,) ints or None (unlabelled), or per-item condition
+    arrays (N, ...) described by `cond_spec` (caption tokens (N, L), condition images (N, C, H, W))."""
 
     data: np.ndarray
     labels: np.ndarray | None = None
     levels: int = 256
     num_classes: int | None = None
+    cond_spec: CondSpec | None = None
+    vocabulary: object = None  # an argen.text.Vocabulary for token conditions
 
     def __post_init__(self) -> None:
         if self.data.dtype not in ITEM_DTYPES or self.data.ndim not in (4, 5):
@@ -50,17 +59,24 @@ class ArraySource:
         self.levels = int(self.levels)
         if self.data.size and int(self.data.max()) >= self.levels:
             raise ValueError(f"data values must lie in [0, {self.levels}), given max {int(self.data.max())}")
-        if self.labels is not None and self.labels.shape != (len(self.data),):
+        conditions = self.cond_spec is not None and self.cond_spec.kind not in ("class", "none")
+        if self.labels is not None and not conditions and self.labels.shape != (len(self.data),):
             raise ValueError(f"labels must have shape ({len(self.data)},), given {self.labels.shape}")
-        if self.labels is not None and self.num_classes is None:
+        if conditions and (self.labels is None or len(self.labels) != len(self.data)):
+            raise ValueError(f"a source with {self.cond_spec.kind} conditions needs one per item "
+                             f"({len(self.data)}), given {None if self.labels is None else len(self.labels)}")
+        if self.labels is not None and self.num_classes is None and not conditions:
             self.num_classes = int(self.labels.max()) + 1 if len(self.labels) else 0
         self.item_shape = tuple(int(s) for s in self.data.shape[1:])
 
     def __len__(self) -> int:
         return len(self.data)
 
-    def get(self, index: int) -> tuple[np.ndarray, int]:
-        return self.data[index], (-1 if self.labels is None else int(self.labels[index]))
+    def get(self, index: int) -> tuple[np.ndarray, int | np.ndarray]:
+        if self.labels is None:
+            return self.data[index], -1
+        y = self.labels[index]
+        return self.data[index], (int(y) if np.ndim(y) == 0 else y)
 
 
 class ArgenDataset(Dataset):
@@ -83,6 +99,11 @@ class ArgenDataset(Dataset):
         self.epoch = 0
         self.class_names = class_names
         self.num_classes: int | None = source.num_classes
+        spec = getattr(source, "cond_spec", None)
+        #: what y is: class labels (labelled data), none (unlabelled), caption tokens or a condition image
+        self.cond_spec: CondSpec = spec if spec is not None else CondSpec.classes(self.num_classes)
+        #: the caption vocabulary (token conditions), else None
+        self.vocabulary = getattr(source, "vocabulary", None)
         channels, levels = source.item_shape[-3], source.levels
         for v in self.views:
             v.check_levels(levels)
@@ -100,8 +121,8 @@ class ArgenDataset(Dataset):
             raise ValueError(f"epoch must be a non-negative int, given {epoch!r}")
         self.epoch = int(epoch)
 
-    def raw(self, index: int) -> tuple[np.ndarray, int]:
-        """The uint8 / uint16 item after views, and its label (-1 if unlabelled)."""
+    def raw(self, index: int) -> tuple[np.ndarray, int | np.ndarray]:
+        """The uint8 / uint16 item after views, and its label (-1 if unlabelled) or condition array."""
         n = len(self)
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {self.name} with {n} items")
@@ -115,7 +136,8 @@ class ArgenDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
         x, y = self.raw(int(index))
-        return torch.from_numpy(np.ascontiguousarray(x)).long(), torch.tensor(y, dtype=torch.long)
+        y = torch.tensor(y, dtype=torch.long) if np.ndim(y) == 0 else torch.from_numpy(np.array(y, dtype=np.int64))
+        return torch.from_numpy(np.ascontiguousarray(x)).long(), y
 
     def __repr__(self) -> str:
         return (f"ArgenDataset(name={self.name!r}, split={self.split!r}, n={len(self)}, shape={self.shape}, "

@@ -13,6 +13,11 @@ This class composes them behind the model contract over images, so `argen sample
 - `log_prob` is the prior's exact log-likelihood of the image's codes, in nats. It is not a
   likelihood of the pixels (the tokenizer is lossy), so `exact_likelihood` is False, and
   `num_dims` counts tokens: "bits/dim" of this model is bits per token.
+
+Conditions: the prior's (class labels, caption tokens) pass through. A tokenizer that encodes a
+condition image with the image (IQ-VAE: `tokenizer.condition_spec`, e.g. an edge map) makes this
+model conditioned on that image (`cond_spec` is the tokenizer's): every method takes the image and
+hands the prior its tokens (`encode_condition`).
 """
 from __future__ import annotations
 
@@ -117,7 +122,22 @@ class LatentModel(nn.Module):
 
     @property
     def cond_spec(self) -> CondSpec:
-        return self.prior.cond_spec
+        """The prior's conditions, or the condition image a condition-encoding tokenizer takes."""
+        spec = self.tokenizer.condition_spec
+        return spec if spec is not None else self.prior.cond_spec
+
+    @torch.no_grad()
+    def encode_condition(self, c: Tensor) -> Tensor:
+        """A condition image (B, C, H, W) -> the prior's condition tokens (B, L), via the tokenizer."""
+        self.tokenizer.eval()
+        return self.tokenizer.encode_condition(c)
+
+    def prior_cond(self, cond: Tensor | None) -> Tensor | None:
+        """The prior's `cond` for this model's `cond` (checked): tokens of a condition image, else itself."""
+        if cond is None or self.tokenizer.condition_spec is None:
+            return cond
+        self.cond_spec.check(cond, cond.shape[0])
+        return self.encode_condition(cond)
 
     @property
     def capabilities(self) -> Any:
@@ -149,18 +169,21 @@ class LatentModel(nn.Module):
 
     def check_input(self, x: Tensor, cond: Tensor | None = None) -> None:
         self.tokenizer.check_input(x)
-        self.prior.check_cond(cond, x.shape[0])
+        if self.tokenizer.condition_spec is not None:
+            self.cond_spec.check(cond, x.shape[0])
+        else:
+            self.prior.check_cond(cond, x.shape[0])
 
     def log_prob(self, x: Tensor, cond: Tensor | None = None, reduce: bool = True) -> Tensor:
         """The prior's log-likelihood of the image's codes, nats: (B,), or (B, h, w) per token."""
         check_flag("reduce", reduce)
         self.check_input(x, cond)
-        return self.prior.log_prob(self.encode(x), cond, reduce=reduce)
+        return self.prior.log_prob(self.encode(x), self.prior_cond(cond), reduce=reduce)
 
     @torch.no_grad()
     def sample(self, n: int, cond: Tensor | None = None, config: Any = None, **options: Any) -> Tensor:
         """`n` images (n, C, H, W): the prior's code grids, decoded. Options as the prior's `sample`."""
-        return self.decode(self.prior.sample(n, cond, config, **options))
+        return self.decode(self.prior.sample(n, self.prior_cond(cond), config, **options))
 
     @torch.no_grad()
     def complete(self, x: Tensor, known: Tensor, cond: Tensor | None = None, config: Any = None,
@@ -180,7 +203,7 @@ class LatentModel(nn.Module):
             raise ValueError(f"expected known of shape {want} or {(x.shape[0], *want)}, given {tuple(known.shape)}")
         known = known.to(x.device)
         codes = self.encode(x)
-        filled = self.prior.complete(codes, token_mask(known, self.code_shape), cond, config, **options)
+        filled = self.prior.complete(codes, token_mask(known, self.code_shape), self.prior_cond(cond), config, **options)
         return torch.where(known.unsqueeze(1), x, self.decode(filled))
 
     def extra_repr(self) -> str:
