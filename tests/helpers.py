@@ -12,7 +12,8 @@ SHAPES = [(1, 5, 6, 4), (3, 4, 4, 4)]
 EXTRA = [(1, 4, 4, 2), (1, 4, 4, 256)]
 # video: (T, C, H, W, levels), tried in order like SHAPES
 VIDEO_SHAPES = [(3, 1, 4, 4, 4), (2, 3, 4, 4, 4)]
-VIDEO_FALLBACK = [(3, 1, 8, 8, 4), (2, 3, 8, 8, 4)]
+VIDEO_FALLBACK = [(3, 1, 8, 8, 4), (2, 3, 8, 8, 4),
+                  (2, 5, 3, 3, 3)]  # a code volume of 5 channels (hvqvae's top + 2x2 bottom codes)
 
 
 def model_keys(modality: str = "image") -> list[str]:
@@ -66,6 +67,31 @@ def tiny_video_shapes(key: str) -> list[tuple[tuple[int, int, int, int], int]]:
 def random_images(model, batch: int, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, model.levels, (batch, *model.data_shape), generator=g)
+
+
+def random_cond(model, batch: int, generator: torch.Generator | None = None) -> torch.Tensor | None:
+    """A random `cond` of the kind the model declares (`model.cond_spec`), so the suites check
+    conditioned models conditioned: tokens -> ids in [2, vocab) (past PAD = 0 and NULL = 1) of
+    the longest length, each row with a random amount (possibly none) of trailing padding, at least
+    one real token; class -> labels in [0, num_classes); frames / image -> random values in range;
+    none -> None."""
+    spec = model.cond_spec
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    if spec.kind == "none":
+        return None
+    if spec.kind == "class":
+        return torch.randint(0, spec.num_classes, (batch,), generator=g)
+    if spec.kind == "tokens":
+        length = spec.max_len or 8
+        ids = torch.randint(2, max(spec.vocab_size, 3), (batch, length), generator=g).clamp(max=spec.vocab_size - 1)
+        real = torch.randint(1, length + 1, (batch,), generator=g)  # tokens kept per row
+        return ids.masked_fill(torch.arange(length)[None, :] >= real[:, None], 0)
+    if spec.kind == "frames":
+        shape = spec.frame_shape or tuple(model.data_shape[-3:])
+        return torch.randint(0, spec.levels or model.levels, (batch, spec.frames, *shape), generator=g)
+    if spec.kind == "image":
+        return torch.randint(0, spec.levels, (batch, *spec.image_shape), generator=g)
+    raise AssertionError(f"random_cond: no rule for cond kind {spec.kind!r}")
 
 
 def order_kwargs(model) -> dict:

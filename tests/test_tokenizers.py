@@ -27,7 +27,7 @@ from argen.tokenizers import (
 )
 from argen.train.distributed import check_stats
 
-NAMES = list_tokenizers()
+NAMES = list_tokenizers("image")  # video tokenizers: tests/test_video_tokenizers.py
 
 
 def tiny(name: str, shape=(1, 8, 8), levels: int = 256, **kw) -> Tokenizer:
@@ -49,8 +49,17 @@ def batch(shape=(1, 8, 8), levels: int = 256, n: int = 4, seed: int = 0) -> torc
     return x.round().clamp(0, levels - 1).long()
 
 
+def cond_of(tok: Tokenizer, x: torch.Tensor) -> dict:
+    """{"cond": ...} for a tokenizer that trains on (image, condition) pairs (`uses_condition`: IQ-VAE),
+    a condition made from the images themselves (their first channels at the condition's levels), else {}."""
+    if not tok.uses_condition:
+        return {}
+    spec = tok.condition_spec
+    return {"cond": x[:, : spec.image_shape[0]] * spec.levels // tok.levels}
+
+
 def test_registry():
-    assert NAMES == ["fsq", "vqgan", "vqvae"]
+    assert NAMES == ["fsq", "iqvae", "vqgan", "vqvae"]
     for name in NAMES:
         entry = get_tokenizer_entry(name)
         assert entry.cls.model_name == name and entry.cls.kind == "tokenizer"
@@ -89,7 +98,8 @@ def test_mnist_default_config():
     for name in NAMES:
         tok = create_tokenizer(name)
         assert tok.image_shape == (1, 28, 28) and tok.code_shape == (7, 7) and tok.num_tokens == 49
-        n = sum(p.numel() for n_, p in tok.named_parameters() if not n_.startswith("discriminator."))
+        # the image's autoencoder: without VQ-GAN's discriminator and IQ-VAE's condition autoencoder
+        n = sum(p.numel() for n_, p in tok.named_parameters() if not n_.startswith(("discriminator.", "cond_")))
         assert 120_000 < n < 180_000, (name, n)
     assert create_tokenizer("vqvae").codebook_size == 128 and create_tokenizer("fsq").codebook_size == 240
 
@@ -101,15 +111,15 @@ def test_eval_mode_is_deterministic_and_changes_no_buffer(name):
     x = batch()
     tok.train()  # give the codebook a data initialisation first
     for phase in tok.training_phases(0):
-        tok.phase_loss(phase, x, 0)
-    _, stats = tok.phase_loss("model", x, 0)
+        tok.phase_loss(phase, x, 0, **cond_of(tok, x))
+    _, stats = tok.phase_loss("model", x, 0, **cond_of(tok, x))
     tok.update_statistics(stats)
     tok.eval()
     before = {k: v.clone() for k, v in tok.named_buffers()}
     c1, c2 = tok.encode(x), tok.encode(x)
     assert torch.equal(c1, c2)
     assert torch.equal(tok.decode(c1), tok.decode(c2))
-    tok.summarize(tok.eval_stats(x))
+    tok.summarize(tok.eval_stats(x, **cond_of(tok, x)))
     tok.train()
     tok.encode(x)  # encode never updates statistics, in training mode either
     for k, v in tok.named_buffers():
@@ -125,7 +135,7 @@ def train(tok: Tokenizer, x: torch.Tensor, steps: int, lr: float = 3e-3) -> list
     for step in range(steps):
         stats: dict = {}
         for phase in tok.training_phases(step):
-            loss, s = tok.phase_loss(phase, x, step)
+            loss, s = tok.phase_loss(phase, x, step, **cond_of(tok, x))
             check_stats(s, tok.model_name)  # {name: (sum, count)} of one shape, as the trainer sums them
             opts[phase].zero_grad(set_to_none=True)
             loss.backward()
@@ -138,7 +148,7 @@ def train(tok: Tokenizer, x: torch.Tensor, steps: int, lr: float = 3e-3) -> list
 
 def recon_error(tok: Tokenizer, x: torch.Tensor) -> float:
     tok.eval()
-    return tok.summarize(tok.eval_stats(x))["mse"]
+    return tok.summarize(tok.eval_stats(x, **cond_of(tok, x)))["mse"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -151,7 +161,7 @@ def test_reconstruction_improves_with_training(name):
     assert after < 0.3 * before, (before, after)
     assert all(math.isfinite(v) for log in logs for v in log.values())
     assert "rec_mse" in logs[-1] and "perplexity" in logs[-1]
-    summary = tok.summarize(check_stats(tok.eval_stats(x), name))
+    summary = tok.summarize(check_stats(tok.eval_stats(x, **cond_of(tok, x)), name))
     assert {"mse", "psnr", "usage", "perplexity", "window_usage"} <= set(summary)
     assert summary["psnr"] == pytest.approx(-10 * math.log10(summary["mse"]))
     assert 0 < summary["usage"] <= 1 and 0 < summary["window_usage"] <= 1
@@ -196,7 +206,7 @@ def test_phase_loss_under_bf16_autocast_keeps_the_quantizer_fp32(name):
     seen = []
     tok.quantizer.register_forward_hook(lambda m, i, o: seen.append(o.z_q.dtype))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, stats = tok.phase_loss("model", batch(), 10**6)
+        loss, stats = tok.phase_loss("model", batch(), 10**6, **cond_of(tok, batch()))
     loss.backward()
     assert seen == [torch.float32] and math.isfinite(loss.item())
 

@@ -44,7 +44,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--split", default="test", help="split the clips come from (default: test)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON to PATH")
     p.add_argument("--seed", type=seed_arg(), default=0, help="random seed of the draw (default: 0)")
-    p.add_argument("--temperature", type=float_arg(gt=0), default=1.0, help="divide logits by this, > 0 (default: 1.0)")
+    p.add_argument("--temperature", type=float_arg(gt=0), default=None,
+                   help="divide logits by this, > 0 (default: 1.0, or the model's declared default)")
     p.add_argument("--top-k", type=int_arg(ge=1), default=None, help="keep the k most likely values per sub-pixel")
     p.add_argument("--top-p", type=float_arg(gt=0, le=1), default=None, help="nucleus sampling: keep the most likely mass p")
     p.add_argument("--naive", action="store_true", help="use the reference sampler instead of the model's own")
@@ -70,7 +71,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from argen.data.video_io import check_video_path, strip_path, write_strip, write_video
     from argen.metrics.commands import check_output_file
     from argen.metrics.video import frame_metrics, prediction_nats
-    from argen.sampling import SamplingConfig
+    from argen.sampling.config import config_over_defaults
 
     output = Path(args.output)
     check_output_file(output, "-o")  # before any work: not a folder, in a folder that exists
@@ -87,9 +88,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     likelihood = getattr(type(model), "objective", "likelihood") == "likelihood"
     config = None
     if likelihood:
-        config = SamplingConfig(generator=torch.Generator().manual_seed(args.seed), temperature=args.temperature,
-                                top_k=args.top_k, top_p=args.top_p, naive=args.naive, progress=True)
-    elif args.temperature != 1.0 or args.top_k is not None or args.top_p is not None or args.naive:
+        config = config_over_defaults(getattr(model, "sampling_defaults", None),
+                                      generator=torch.Generator().manual_seed(args.seed), temperature=args.temperature,
+                                      top_k=args.top_k, top_p=args.top_p, naive=args.naive, progress=True)
+    elif args.temperature is not None or args.top_k is not None or args.top_p is not None or args.naive:
         raise ValueError(f"{model.model_name!r} has no likelihood to sample from (objective "
                          f"{type(model).objective!r}): it predicts deterministically; expected no --temperature, "
                          "--top-k, --top-p or --naive")
@@ -104,8 +106,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
                               "context": k, "frames": n_frames, "n": n, **frame_metrics(guess, truth, model.levels)}
     for key in ("mse", "psnr", "ssim"):
         record[f"mean_{key}"] = sum(record[key]) / len(record[key])
+    token_unit = getattr(type(model), "likelihood_unit", "dim") == "token"  # a latent model: codes, not pixels
     if likelihood:
-        record["likelihood"] = prediction_nats(model, x, k, n_frames, cond)
+        record["likelihood"] = (model.future_token_nats(x, k, n_frames, cond) if token_unit
+                                else prediction_nats(model, x, k, n_frames, cond))
     both = torch.stack([x[:, :end], pred[:, :end]], 1).flatten(0, 1).cpu()  # truth 0, prediction 0, truth 1, ...
     write_video(both, model.levels, output, nrow=2)
     strip = write_strip(both, model.levels, strip_path(output))
@@ -114,7 +118,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for key, fmt in (("mse", "{:7.4f}"), ("psnr", "{:7.2f}"), ("ssim", "{:7.4f}")):
         print(f"  {key:5s}  " + "  ".join(fmt.format(v) for v in record[key]))
     print(f"  mean: MSE {record['mean_mse']:.5f}, PSNR {record['mean_psnr']:.2f} dB, SSIM {record['mean_ssim']:.4f}")
-    if "likelihood" in record:
+    if "likelihood" in record and token_unit:
+        lk = record["likelihood"]
+        first, stop = lk["code_frames"]
+        print(f"  likelihood of the code frames {first + 1}..{stop} given the code frames of frames 1..{k}: "
+              f"{lk['bits_per_token']:.4f} bits/token over {lk['tokens']} tokens (the prior's, of the tokenizer's codes)")
+    elif "likelihood" in record:
         lk = record["likelihood"]
         kind = "exact" if lk["exact"] else "a bound"
         print(f"  likelihood of the true frames {k + 1}..{end} given frames 1..{k}: {lk['nats_per_frame']:.2f} "

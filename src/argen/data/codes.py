@@ -1,7 +1,8 @@
 """Code grids of a dataset under a trained tokenizer, computed once and cached beside it.
 
 `argen tokenize RUN --data mnist` encodes every split it is asked for and writes
-`RUN/codes/<data>-<split>-<key>.npz` (codes uint16 (N, 1, h, w), labels, the tokenizer's weights
+`RUN/codes/<data>-<split>-<key>.npz` (codes uint16 (N, 1, h, w), or (N, t, s, h, w) code volumes of a
+video tokenizer: `tokenizer.prior_shape`; labels, the tokenizer's weights
 fingerprint, and what was encoded: dataset name, split, data root, seed, and for a dataset named by
 a relative path the folder it was relative to; `<key>` hashes those); training a prior with
 `--tokenizer RUN` reads them (and writes them first when they are missing). A cache made by other
@@ -57,21 +58,23 @@ def codes_path(tokenizer_dir: str | Path, data: str, split: str, root: str | Non
 
 @torch.no_grad()
 def encode_dataset(tokenizer: Any, ds: ArgenDataset, batch_size: int = 256, progress: bool = True) -> np.ndarray:
-    """(N, 1, h, w) uint16 codes of every item of `ds` (eval mode, on the tokenizer's device)."""
-    if tuple(ds.shape) != tuple(tokenizer.image_shape) or ds.levels != tokenizer.levels:
+    """(N, *tokenizer.prior_shape) uint16 codes of every item of `ds`: (N, 1, h, w) for images, (N, t, s, h, w)
+    for clips (eval mode, on the tokenizer's device)."""
+    if tuple(ds.shape) != tuple(tokenizer.data_shape) or ds.levels != tokenizer.levels:
         raise ValueError(f"dataset {ds.name!r} has shape {tuple(ds.shape)} with {ds.levels} levels, expected the "
-                         f"tokenizer's {tuple(tokenizer.image_shape)} with {tokenizer.levels} levels")
+                         f"tokenizer's {tuple(tokenizer.data_shape)} with {tokenizer.levels} levels")
     if tokenizer.codebook_size > 65536:
         raise ValueError(f"expected a codebook of at most 65,536 codes (uint16), given {tokenizer.codebook_size}")
     tokenizer.eval()
     device = next(tokenizer.parameters()).device
-    out = np.empty((len(ds), 1, *tokenizer.code_shape), dtype=np.uint16)
+    shape = tuple(tokenizer.prior_shape)
+    out = np.empty((len(ds), *shape), dtype=np.uint16)
     bar = tqdm(total=len(ds), desc=f"tokenize {ds.name} {ds.split}", unit="img", disable=not progress,
                dynamic_ncols=True)
     for start in range(0, len(ds), batch_size):
         stop = min(len(ds), start + batch_size)
         x = torch.stack([ds[i][0] for i in range(start, stop)]).to(device)
-        out[start:stop, 0] = tokenizer.encode(x).cpu().numpy().astype(np.uint16)
+        out[start:stop] = tokenizer.encode(x).reshape(stop - start, *shape).cpu().numpy().astype(np.uint16)
         bar.update(stop - start)
     bar.close()
     return out

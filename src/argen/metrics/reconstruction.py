@@ -20,8 +20,11 @@ def sum_eval_stats(model: Any, batches: Iterable[tuple[Tensor, Any]], device: to
     model.eval()
     stats, examples = None, 0
     try:
-        for x, _ in tqdm(batches, desc="reconstruct", unit="batch", disable=not progress, dynamic_ncols=True):
-            stats = add_stats(stats, check_stats(model.eval_stats(x.to(device)), type(model).__name__, "eval_stats"))
+        with_y = bool(getattr(type(model), "uses_condition", False))  # a tokenizer that encodes y too (IQ-VAE)
+        for x, y in tqdm(batches, desc="reconstruct", unit="batch", disable=not progress, dynamic_ncols=True):
+            extra = {"cond": y.to(device)} if with_y else {}
+            stats = add_stats(stats, check_stats(model.eval_stats(x.to(device), **extra), type(model).__name__,
+                                                 "eval_stats"))
             examples += x.shape[0]
     finally:
         model.train(was_training)

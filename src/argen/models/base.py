@@ -41,6 +41,10 @@ class ModelConfig:
     image_shape: tuple[int, int, int] = spec((1, 28, 28), ge=1)  # (C, H, W); C is 1 or 3 (1 for a code grid)
     levels: int = spec(256, ge=2, le=MAX_LEVELS)
     num_classes: int | None = spec(None, ge=1)
+    #: True for a family whose channel axis may hold a code volume's s codes per position (a video
+    #: prior over (t, s, h, w) codes: sliced VQ, packed hierarchies): any s >= 1, and levels above
+    #: 256 with s > 1. Pixel families keep C in (1, 3) and more than 256 levels on one channel only.
+    code_channels: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
         restore_tuples(self)  # JSON round trips (checkpoints) turn tuples into lists
@@ -49,14 +53,14 @@ class ModelConfig:
         """Raise ValueError naming expected and given values; subclasses extend with cross-field rules."""
         validate_fields(self, "model")
         channels = self.data_shape[-3]
-        if channels not in (1, 3):
+        if channels not in (1, 3) and not self.code_channels:
             raise ValueError(f"{self.shape_field} channels must be 1 or 3, given {channels}")
         dist = self.distribution_class()
         if self.levels > dist.max_levels:
             raise ValueError(f"model.levels: this model's {dist.description} takes at most {dist.max_levels} "
                              f"levels, given {self.levels} (a categorical-head model takes up to {MAX_LEVELS})")
         channels = self.data_shape[-3]
-        if self.levels > PIXEL_LEVELS and channels != 1:
+        if self.levels > PIXEL_LEVELS and channels != 1 and not self.code_channels:
             raise ValueError(f"model.levels above {PIXEL_LEVELS} are codes, not pixels: a code grid has 1 channel "
                              f"(shape (1, h, w)), given {channels} channels with {self.levels} levels")
 
@@ -165,6 +169,12 @@ class ARModel(nn.Module, abc.ABC):
     model_name: ClassVar[str] = "?"  # set by @register_model
     #: False for models whose log_prob is a bound (ARDM's ELBO, two-stage latent models).
     exact_likelihood: ClassVar[bool] = True
+    #: True when `log_prob` under a given generation order (the model's own, or `order=` where it
+    #: takes one) is exact, with per-position conditionals that sum to 1: every AR model, ARDM too
+    #: (its default log_prob is an ELBO over random orders, exact for a given one). False for a
+    #: bound in every order (ImageBART's ELBO over diffusion scales): the conformance suite then
+    #: checks that the probabilities of a whole space sum to at most 1 instead of exactly 1.
+    exact_in_order: ClassVar[bool] = True
     #: True for models that gather statistics while training (ARDM's per-step losses): they
     #: implement `loss_and_stats` and `update_statistics`, and the trainer all-reduces the stats.
     has_training_stats: ClassVar[bool] = False
@@ -290,6 +300,12 @@ class ARModel(nn.Module, abc.ABC):
         """Fold all-reduced training statistics into the model (called on every rank after a step)."""
 
     # ----- generation ------------------------------------------------------------------------
+    @property
+    def sampling_defaults(self) -> dict[str, Any]:
+        """`SamplingConfig` fields this model samples with when the caller gives no config (HARP's
+        top-k, LVT's temperature); keywords override them, an explicit config replaces them. None here."""
+        return {}
+
     # Sampling lives in `argen.sampling` and depends on this class's public surface, never the
     # reverse: `sample` / `complete` check their inputs and hand over to `argen.sampling.generate`,
     # which builds what the model declares in `capabilities` (imported here lazily, at call time).
@@ -329,7 +345,7 @@ class ARModel(nn.Module, abc.ABC):
         from argen.sampling import generate, split_options
 
         check_count("n", n)
-        config, options = split_options(config, options)
+        config, options = split_options(config, options, self.sampling_defaults)
         self.check_cond(cond, n)
         x = torch.zeros((n, *self.data_shape), dtype=torch.long, device=self.device)
         return generate(self, x, None, cond, config, **options)
@@ -346,7 +362,7 @@ class ARModel(nn.Module, abc.ABC):
         from argen.sampling import generate, split_options
 
         self.check_input(x, cond)
-        config, options = split_options(config, options)
+        config, options = split_options(config, options, self.sampling_defaults)
         known = self.check_known(known, x.shape[0])
         return generate(self, x.clone(memory_format=torch.contiguous_format), known, cond, config, **options)
 

@@ -26,6 +26,7 @@ Patterns:
 
 - `CausalPattern`: key <= query (`strict=True`: key < query; the first query then sees nothing
   and gets a zero output, as PixelSNAIL wants).
+- `FullPattern`: every key (a bidirectional encoder).
 - `Local1DPattern` (Image Transformer, 1D local): the sequence is cut into query blocks of
   `block` positions; a query sees the earlier positions of its own block and the `memory`
   positions before the block: key in [block_start - memory, query].
@@ -259,6 +260,21 @@ class CausalPattern(AttentionPattern):
 
     def extra_repr(self) -> str:
         return f"length={self.length}, strict={self.strict}"
+
+
+class FullPattern(AttentionPattern):
+    """Every query sees every key: the bidirectional pattern of an encoder (VideoGPT's context-frame
+    encoder), one block, SDPA without a mask."""
+
+    def allowed(self, qi: Tensor, ki: Tensor) -> Tensor:
+        return torch.ones(torch.broadcast_shapes(qi.shape, ki.shape), dtype=torch.bool, device=qi.device)
+
+    def first_key_of(self, start: int, end: int) -> int:
+        return 0
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor, dropout_p: float = 0.0) -> Tensor:
+        self.check_length(q, k)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
 
 
 class Local1DPattern(AttentionPattern):

@@ -1,4 +1,5 @@
-"""Quantizers of the tokenizers: a vector quantizer with an EMA codebook, and FSQ.
+"""Quantizers of the tokenizers: a vector quantizer with an EMA codebook, sliced vector quantization
+(several such codebooks per position, LVT) and FSQ.
 
 Both take a channels-first latent z (B, D, *S) and return a `Quantized`: the straight-through
 quantized latent, the code indices (B, *S), the loss terms and the batch's statistics. Both run
@@ -17,7 +18,7 @@ the same codebook.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import torch
 import torch.distributed as dist
@@ -413,3 +414,64 @@ class FSQ(Quantizer):
 
     def indices_to_latent(self, indices: Tensor) -> Tensor:
         return torch.movedim(self.indices_to_codes(indices), -1, 1)
+
+
+class SlicedQuantizer(Quantizer):
+    """Sliced vector quantization (the Latent Video Transformer's VQ-VAE): the latent's D channels
+    are split into `slices` equal slices, each quantized by its own `VectorQuantizer` (an EMA
+    codebook of `codebook_size` codes of dim D / slices), so one position carries `slices` codes.
+
+    Indices are (B, slices, *S), all in [0, codebook_size) (one value range, so a prior over them
+    is an ordinary model with `slices` channels). Loss and commitment are the slices' mean, which
+    equals a single quantizer's mean over all D channels; counts are summed over the slices (the
+    histogram of the shared value range). Statistics are each slice's `vq_counts` / `vq_sums`
+    under the names `vq_counts.k` / `vq_sums.k`, so the trainer's all-reduce needs nothing new and
+    `update_statistics` hands slice k exactly its own.
+    """
+
+    def __init__(self, slices: int, codebook_size: int, dim: int, *, usage_window: int = 65536,
+                 **vq_options: Any) -> None:
+        if slices < 1 or dim % slices:
+            raise ValueError(f"the code dim must split into equal slices: expected dim divisible by slices={slices}, "
+                             f"given dim={dim}")
+        super().__init__(codebook_size, dim, usage_window)
+        self.slices = slices
+        # usage is logged once, here, over every slice's codes: the slices keep no window of their own
+        self.quantizers = nn.ModuleList(VectorQuantizer(codebook_size, dim // slices, usage_window=1, **vq_options)
+                                        for _ in range(slices))
+        self.has_training_stats = self.quantizers[0].has_training_stats
+
+    @property
+    def last_restarted(self) -> int:
+        """Dead codes restarted at the last update, over all slices."""
+        return sum(q.last_restarted for q in self.quantizers)
+
+    def _parts(self, z: Tensor) -> tuple[Tensor, ...]:
+        return z.chunk(self.slices, dim=1)
+
+    def _indices(self, z: Tensor) -> Tensor:
+        return torch.stack([q._indices(part) for q, part in zip(self.quantizers, self._parts(z))], dim=1)
+
+    def _quantize(self, z: Tensor) -> Quantized:
+        outs = [q._quantize(part) for q, part in zip(self.quantizers, self._parts(z))]
+        stats: Stats = {f"{name}.{k}": value for k, out in enumerate(outs) for name, value in out.stats.items()}
+        return Quantized(
+            torch.cat([o.z_q for o in outs], dim=1),
+            torch.stack([o.indices for o in outs], dim=1),
+            torch.stack([o.loss for o in outs]).mean(),
+            torch.stack([o.commitment for o in outs]).mean(),
+            torch.stack([o.counts for o in outs]).sum(0),
+            stats,
+        )
+
+    def indices_to_latent(self, indices: Tensor) -> Tensor:
+        """(B, slices, *S) long -> (B, D, *S) fp32: the slices' codes side by side."""
+        if indices.dim() < 2 or indices.shape[1] != self.slices:
+            raise ValueError(f"expected indices (B, {self.slices}, ...), given shape {tuple(indices.shape)}")
+        return torch.cat([q.indices_to_latent(indices[:, k]) for k, q in enumerate(self.quantizers)], dim=1)
+
+    def update_statistics(self, stats: Stats) -> None:
+        """Slice k gets the statistics named `*.k`, without the suffix; other names are ignored."""
+        for k, q in enumerate(self.quantizers):
+            suffix = f".{k}"
+            q.update_statistics({name[: -len(suffix)]: v for name, v in stats.items() if name.endswith(suffix)})

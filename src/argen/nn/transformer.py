@@ -54,6 +54,7 @@ float round-off (attention over a cache slice sums in another order than the blo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -132,16 +133,30 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, pattern: AttentionPattern, cache: KVCache | None = None, start: int = 0,
                 window: DecodeWindow | None = None, context: tuple[Tensor, Tensor] | None = None,
-                context_mask: Tensor | None = None, rotary: Rotary | None = None) -> Tensor:
+                context_mask: Tensor | None = None, rotary: Rotary | None = None, cross_start: int = 0,
+                key_mask: Tensor | None = None) -> Tensor:
         """x (B, T, dim) -> (B, T, dim). `context` = the cross-attention's projected (keys, values)
         (`self.cross.keys_values(ctx)`), `context_mask` in attention layout (B, 1, 1, M) or None;
-        `rotary` rotates the self-attention's queries and keys by position."""
-        x = x + self.drop(self.attn(self.norm1(x), pattern, cache=cache, start=start, window=window, rotary=rotary))
-        if self.cross is not None and self.norm_cross is not None:
+        `rotary` rotates the self-attention's queries and keys by position; only the queries
+        x[:, cross_start:] cross-attend (the others skip it, and need no context when none do);
+        `key_mask` (B, 1, 1, T) bool, full-sequence calls only: self-attention keys where it is
+        False (padding) are hidden from every query, on top of `pattern`."""
+        if key_mask is None:
+            x = x + self.drop(self.attn(self.norm1(x), pattern, cache=cache, start=start, window=window, rotary=rotary))
+        else:
+            h = self.norm1(x)
+            k, v = self.attn.keys_values(h)
+            x = x + self.drop(self.attn.attend_to(h, k, v, pattern.dense() & key_mask))
+        if self.cross is not None and self.norm_cross is not None and cross_start < x.shape[1]:
             if context is None:
                 raise ValueError("expected a context for the cross-attention, given None")
             k, v = context
-            x = x + self.drop(self.cross.attend_to(self.norm_cross(x), k, v, context_mask))
+            if cross_start <= 0:
+                x = x + self.drop(self.cross.attend_to(self.norm_cross(x), k, v, context_mask))
+            else:
+                late = x[:, cross_start:]
+                late = late + self.drop(self.cross.attend_to(self.norm_cross(late), k, v, context_mask))
+                x = torch.cat([x[:, :cross_start], late], 1)
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
@@ -150,23 +165,33 @@ class Transformer(nn.Module):
 
     `pattern` is one pattern for every layer, or one per layer (a list of `n_layers` patterns or a
     `LayerPatterns`); `context_dim` (None = no cross-attention) is the width of the context every
-    block attends to; `rotary` (None = none) gives every self-attention layer RoPE over the N positions.
+    block attends to; `cross_from` (default 0: all) is the first position that cross-attends:
+    earlier positions skip the cross-attention, so a model can keep them independent of a context
+    computed from later-known data (VideoGPT: the frames the context is encoded from), and cached
+    calls over positions before it need no context yet; `rotary` (None = none) gives every
+    self-attention layer RoPE over the N positions.
     """
 
     pattern: AttentionPattern | LayerPatterns
 
     def __init__(self, dim: int, n_layers: int, heads: int, ff_dim: int,
                  pattern: AttentionPattern | LayerPatterns | Sequence[AttentionPattern], *,
-                 dropout: float = 0.0, context_dim: int | None = None, rotary: Rotary | None = None) -> None:
+                 dropout: float = 0.0, context_dim: int | None = None, rotary: Rotary | None = None,
+                 cross_from: int = 0) -> None:
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"expected n_layers >= 1, given {n_layers}")
-        self.dim, self.context_dim = dim, context_dim
+        if cross_from and context_dim is None:
+            raise ValueError(f"cross_from is for a trunk with cross-attention: expected cross_from=0 with "
+                             f"context_dim=None, given {cross_from}")
+        self.dim, self.context_dim, self.cross_from = dim, context_dim, cross_from
         if not isinstance(pattern, (AttentionPattern, LayerPatterns)):
             pattern = LayerPatterns(pattern)
         if isinstance(pattern, LayerPatterns) and len(pattern) != n_layers:
             raise ValueError(f"expected one attention pattern per layer ({n_layers}), given {len(pattern)}")
         self.pattern = pattern
+        if not 0 <= cross_from < pattern.length:
+            raise ValueError(f"expected 0 <= cross_from < {pattern.length} (the sequence length), given {cross_from}")
         self.blocks = nn.ModuleList(TransformerBlock(dim, heads, ff_dim, dropout, context_dim) for _ in range(n_layers))
         self.norm = nn.LayerNorm(dim)
         if rotary is not None and (rotary.length != pattern.length or rotary.head_dim * heads != dim):
@@ -222,15 +247,27 @@ class Transformer(nn.Module):
         return list(kvs), mask
 
     # ----- full sequence -------------------------------------------------------------------------
-    def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, context: Tensor | None = None, context_mask: Tensor | None = None,
+                key_mask: Tensor | None = None) -> Tensor:
         """The whole sequence: x (B, N, dim) -> (B, N, dim); context (B, M, context_dim) and
-        context_mask (B, M) bool (True = real position) for cross-attention."""
+        context_mask (B, M) bool (True = real position) for cross-attention; key_mask (B, N) bool
+        (True = real position): padding keys hidden from the self-attention (a text encoder over
+        padded captions; no rotary with it)."""
         self._check_input(x)
         if x.shape[1] != self.length:
             raise ValueError(f"expected a sequence of length {self.length}, given {x.shape[1]}")
         kvs, mask = self._context_kv(context, context_mask, x.shape[0])
+        keys = None
+        if key_mask is not None:
+            if key_mask.dtype != torch.bool or tuple(key_mask.shape) != tuple(x.shape[:2]):
+                raise ValueError(f"expected a torch.bool key_mask of shape {tuple(x.shape[:2])}, "
+                                 f"given {key_mask.dtype} {tuple(key_mask.shape)}")
+            if self.rotary is not None:
+                raise ValueError("key_mask is for a trunk without rotary positions: expected rotary=None, given one")
+            keys = key_mask[:, None, None, :]
         for i, (block, kv) in enumerate(zip(self.blocks, kvs)):
-            x = block(x, self.layer_pattern(i), context=kv, context_mask=mask, rotary=self.rotary)
+            x = block(x, self.layer_pattern(i), context=kv, context_mask=mask, rotary=self.rotary,
+                      cross_start=self.cross_from, key_mask=keys)
         return self.norm(x)
 
     # ----- cached decoding -----------------------------------------------------------------------
@@ -266,8 +303,9 @@ class Transformer(nn.Module):
         """Positions [start, start + T) of x (B, T, dim) -> (B, T, dim), given that the cache holds
         positions [0, start); their keys/values are written to it.
 
-        With cross-attention, a `context` (at the first call of a sample) is projected once per
-        layer into the cache; calls without one (later chunks, decode steps) reuse it.
+        With cross-attention, a `context` (at the first call of a sample that reaches `cross_from`)
+        is projected once per layer into the cache; calls without one (later chunks, decode steps)
+        reuse it, and calls wholly before `cross_from` need none.
         `window` (default `pattern.window(start, start + T)`) lets a caller that already has it
         skip recomputing it (with per-layer patterns: one window per layer, as `pattern.window` gives).
         """
@@ -283,17 +321,19 @@ class Transformer(nn.Module):
                 kvs, mask = self._context_kv(context, context_mask, x.shape[0])
                 for cc, (k, v) in zip(cache.context, kvs):
                     cc.store(k, v, context_mask)
-            elif not cache.context[0].filled:
-                raise ValueError("expected a context at the first prefill of a trunk with cross-attention, given None")
             elif context_mask is not None:
                 raise ValueError("a context_mask comes with its context: expected None without a context, given one")
-            contexts = [(cc.k, cc.v) for cc in cache.context]
-            mask = cache.context[0].attention_mask()
+            elif not cache.context[0].filled and end > self.cross_from:
+                raise ValueError("expected a context at the first prefill of a trunk with cross-attention, given None")
+            if cache.context[0].filled:
+                contexts = [(cc.k, cc.v) for cc in cache.context]
+                mask = cache.context[0].attention_mask()
         else:
             self._context_kv(context, context_mask, x.shape[0])  # raises for a context without cross-attention
         windows = self._windows(start, end, window)
         for i, (block, layer, kv) in enumerate(zip(self.blocks, cache.self_attn, contexts)):
-            x = block(x, self.layer_pattern(i), layer, start, windows[i], kv, mask, rotary=self.rotary)
+            x = block(x, self.layer_pattern(i), layer, start, windows[i], kv, mask, rotary=self.rotary,
+                      cross_start=self.cross_from - start)
         return self.norm(x)
 
     def decode_one(self, x: Tensor, pos: int, cache: TransformerCache | None = None) -> Tensor:
@@ -318,7 +358,8 @@ class SlotDecoder:
 
     The model holds `decoder` (a `Transformer`) and `head` (slot features -> logits); this gives
     the surface the kv_cache stepper (`argen.sampling.transformer_cache`) calls besides the
-    model's own `embed(x, cond, start, end)` and `pattern`: `trunk` and `new_cache`.
+    model's own `embed(x, cond, start, end)` and `pattern`: `trunk`, `new_cache` and
+    `slot_context` (the cross-attention context a cached call must bring; none by default).
     """
 
     decoder: Transformer
@@ -334,18 +375,65 @@ class SlotDecoder:
         return start, end, slice(max(start - 1, 0), end - 1)
 
     def trunk(self, h: Tensor, cache: TransformerCache | None = None, start: int = 0,
-              window: DecodeWindow | Sequence[DecodeWindow] | None = None) -> Tensor:
+              window: DecodeWindow | Sequence[DecodeWindow] | None = None,
+              context: Tensor | tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Slot inputs (B, T, d) -> per-slot logits (B, T, L). Without a cache, T = N (training,
         log_prob). With one, h holds slots [start, start + T) and earlier slots come from the
         cache (`Transformer.prefill`; one slot = decode); `window` is the pattern's
-        `window(start, start + T)` when the caller has it already (per-layer patterns: a list)."""
+        `window(start, start + T)` when the caller has it already (per-layer patterns: a list).
+        `context` (B, M, context_dim): the cross-attention's input, for a decoder that has one
+        (cached: only at the call that first needs it, `slot_context`), or (context, mask (B, M)
+        bool, True = real position) when some context positions are padding (parti's captions)."""
+        context, mask = context if isinstance(context, tuple) else (context, None)
         if cache is None:
-            return self.head(self.decoder(h))
-        return self.head(self.decoder.prefill(h, cache, start=start, window=window))
+            return self.head(self.decoder(h) if context is None else self.decoder(h, context, mask))
+        return self.head(self.decoder.prefill(h, cache, start=start, window=window, context=context,
+                                              context_mask=mask))
+
+    def slot_context(self, x: Tensor, cond: Tensor | None, start: int,
+                     end: int) -> Tensor | tuple[Tensor, Tensor] | None:
+        """The cross-attention context (B, M, context_dim) a cached call over slots [start, end) of
+        `x` must bring (or (context, mask), as `trunk` takes it; [0, N) is what a full pass
+        brings): None when the decoder has no cross-attention (this default), when the call
+        lies wholly before the decoder's `cross_from`, or when an earlier call brought it (its K/V
+        are in the cache). A model with a context overrides this; it runs at most once per sample."""
+        return None
 
     def new_cache(self, batch: int) -> TransformerCache:
         """A static KV cache over all N slots for `batch` sequences, in the model's dtype and device."""
         return self.decoder.new_cache(batch)
 
 
-__all__ = ["ContextCache", "SlotDecoder", "Transformer", "TransformerBlock", "TransformerCache", "init_gpt_weights"]
+class ClassStartSlot:
+    """Mixin for a slot decoder whose slot 0 carries the class (token GPT, VideoGPT): a start table
+    of num_classes + 1 rows, the last the null class classifier-free guidance runs on, or one start
+    token without classes. Needs `config.num_classes`, `config.label_dropout`, `device`, `model_name`."""
+
+    config: Any
+    device: torch.device
+    model_name: str
+    training: bool
+
+    def null_cond(self, batch: int) -> Tensor:
+        """(batch,) null-class labels: the unconditional input of classifier-free guidance."""
+        n = self.config.num_classes
+        if not n:
+            raise ValueError(f"classifier-free guidance needs a class-conditional {self.model_name}: this one was "
+                             "built without num_classes, so it has no null class (expected cfg_scale=1)")
+        return torch.full((batch,), n, dtype=torch.long, device=self.device)
+
+    def start_rows(self, cond: Tensor | None, batch: int) -> Tensor:
+        """(batch,) rows of the start table for slot 0: the labels (None: the null class), each
+        replaced by the null class with probability `label_dropout` in training mode (from torch's
+        RNG); 0 (the start token) for an unconditional model."""
+        n = self.config.num_classes
+        if not n:
+            return torch.zeros(batch, dtype=torch.long, device=self.device)
+        labels = self.null_cond(batch) if cond is None else cond
+        p = self.config.label_dropout
+        if self.training and p > 0:
+            labels = torch.where(torch.rand(batch, device=labels.device) < p, n, labels)
+        return labels
+
+
+__all__ = ["ClassStartSlot", "ContextCache", "SlotDecoder", "Transformer", "TransformerBlock", "TransformerCache", "init_gpt_weights"]

@@ -63,14 +63,31 @@ class SamplingConfig:
 FIELDS = tuple(f.name for f in dataclasses.fields(SamplingConfig))
 
 
-def split_options(config: SamplingConfig | None, options: dict[str, Any]) -> tuple[SamplingConfig, dict[str, Any]]:
+def config_over_defaults(defaults: dict[str, Any] | None, **given: Any) -> SamplingConfig:
+    """A SamplingConfig of the model's declared `sampling_defaults` with the options a user gave on
+    top; an option given as None was not given (a command line's unset flag), so the model's default
+    (HARP's top-k, LVT's temperature) or the library's stays."""
+    base = dict(defaults or {})
+    base.update({k: v for k, v in given.items() if v is not None})
+    stray = sorted(set(base) - set(FIELDS))
+    if stray:
+        raise ValueError(f"sampling options must be SamplingConfig fields {list(FIELDS)}, given {stray}")
+    return SamplingConfig(**base)
+
+
+def split_options(config: SamplingConfig | None, options: dict[str, Any],
+                  defaults: dict[str, Any] | None = None) -> tuple[SamplingConfig, dict[str, Any]]:
     """(config, the rest): the `SamplingConfig` fields among keyword `options` applied over `config`
-    (default: SamplingConfig()), and the options that are not sampling-config fields."""
+    (default: SamplingConfig(**defaults), the model's declared `sampling_defaults`), and the options
+    that are not sampling-config fields. An explicit config is taken as is: it says everything."""
     if config is not None and not isinstance(config, SamplingConfig):
         raise ValueError(f"config must be None or a SamplingConfig, given {type(config).__name__}")
+    stray = sorted(set(defaults or {}) - set(FIELDS))
+    if stray:
+        raise ValueError(f"sampling defaults must be SamplingConfig fields {list(FIELDS)}, given {stray}")
     mine = {k: v for k, v in options.items() if k in FIELDS}
     rest = {k: v for k, v in options.items() if k not in FIELDS}
-    base = SamplingConfig() if config is None else config
+    base = SamplingConfig(**(defaults or {})) if config is None else config
     return (base.replace(**mine) if mine else base), rest
 
 

@@ -26,6 +26,11 @@ layer reads that slice of its cache. A model whose trunk has one pattern per lay
 window may gather scattered key slots instead of a slice (`DecodeWindow.keys`, block-local 3-D
 attention in subscale order).
 
+Cross-attention (a decoder with `context_dim`): the model's `slot_context(x, cond, start, end)`
+gives the context a call must bring, once per sample (the trunk projects its K/V into the cache's
+`ContextCache` and every later call reuses them); None for models without one, and for calls
+before the decoder's `cross_from` (VideoGPT encodes its context frames once they are known).
+
 Cost per sampled image: N decode steps of O(n_layers * (d^2 + window * d)) instead of N full
 forward passes (the naive sampler also reruns per channel): about N-fold less (N = C*H*W).
 
@@ -97,7 +102,10 @@ class TransformerStepper:
             raise ValueError(f"expected a batch of {self.batch} (the caches' size), given {x.shape[0]}")
         h = self.model.embed(x, self.cond, self.next, s + 1)
         window = self.window.focus(self.next, s + 1)
-        logits = self.model.trunk(h, self.cache, self.next, window)[:, -1]  # slot s: (B, L)
+        # a cross-attention context, once per sample at the call that first needs it (none for most models)
+        context = self.model.slot_context(x, self.cond, self.next, s + 1)
+        extra = {} if context is None else {"context": context}
+        logits = self.model.trunk(h, self.cache, self.next, window, **extra)[:, -1]  # slot s: (B, L)
         self.next = s + 1
         key = tuple(int(v) for v in pos)
         if key != self.pixel or self.params is None:

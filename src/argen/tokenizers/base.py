@@ -2,7 +2,9 @@
 
 A tokenizer maps an image batch (B, C, H, W) long in [0, levels) to a grid of discrete codes
 (B, h, w) long in [0, codebook_size) and back; a two-stage model's prior is an ordinary AR model
-over that grid. Tokenizers train by reconstruction, not likelihood (`objective`), possibly in
+over that grid. A video tokenizer (`VideoTokenizer`, modality "video") maps clips (B, T, C, H, W)
+to code volumes (B, t, s, h, w) the same way; its prior is an ordinary video model over them
+(`prior_shape`). Tokenizers train by reconstruction, not likelihood (`objective`), possibly in
 several phases with one optimizer each (`optimizer_phases`: VQ-GAN's discriminator has its own),
 and may gather statistics the trainer all-reduces (`has_training_stats`: EMA codebooks).
 
@@ -11,7 +13,9 @@ in `training_phases(step)` ("model" first), `phase_loss(phase, x, step)` gives t
 phase's optimizer over `phase_parameters(phase)` and statistics {name: (sum, count)}; the trainer
 sums them over micro-batches and ranks, logs every 0-d one as sum / count, and calls
 `update_statistics(all of them)` once after the optimizer steps. Evaluation: `eval_stats(x)` per
-held-out batch (sums), `summarize(totals)` turns the summed totals into numbers.
+held-out batch (sums), `summarize(totals)` turns the summed totals into numbers. A tokenizer that
+declares `uses_condition` (IQ-VAE) also gets the batch's y: `phase_loss(phase, x, step, cond=y)`
+and `eval_stats(x, cond=y)`.
 """
 from __future__ import annotations
 
@@ -59,9 +63,13 @@ class Tokenizer(nn.Module, abc.ABC):
     config_class: ClassVar[type[TokenizerConfig]] = TokenizerConfig
     model_name: ClassVar[str] = "?"  # set by @register_tokenizer (checkpoints record it)
     kind: ClassVar[str] = "tokenizer"  # checkpoints record it; argen.load dispatches on it
+    modality: ClassVar[str] = "image"  # "image" or "video" (VideoTokenizer); the registry entry reports it
     objective: ClassVar[str] = "reconstruction"  # pixel models: "likelihood"
     has_training_stats: ClassVar[bool] = False  # True for EMA codebooks
     optimizer_phases: ClassVar[tuple[str, ...]] = ("model",)
+    #: True when training / evaluation also need each batch's y (IQ-VAE's edge maps): the trainer and
+    #: `argen eval` then call `phase_loss(phase, x, step, cond=y)` and `eval_stats(x, cond=y)`
+    uses_condition: ClassVar[bool] = False
     #: no Polyak average of the weights: an averaged encoder would not match the codebook buffers,
     #: which follow the live encoder (the trainer ignores train.ema_decay)
     weight_averaging: ClassVar[bool] = False
@@ -100,6 +108,12 @@ class Tokenizer(nn.Module, abc.ABC):
     @property
     def num_tokens(self) -> int:
         return math.prod(self.code_shape)
+
+    @property
+    def prior_shape(self) -> tuple[int, ...]:
+        """The data shape of a prior over the codes: (1, h, w) for an image tokenizer's grid (one channel),
+        the code volume (t, s, h, w) itself for a video tokenizer (s channels)."""
+        return (1, *self.code_shape)
 
     @property
     def num_dims(self) -> int:
@@ -204,6 +218,163 @@ class Tokenizer(nn.Module, abc.ABC):
         """Numbers from summed `eval_stats`: "mse", "psnr", "usage", "perplexity", "window_usage"."""
 
 
+# ----- video tokenizers (issue 13) --------------------------------------------------------------------
+@dataclass
+class VideoTokenizerConfig(TokenizerConfig):
+    """Fields every video tokenizer has: `video_shape` (T, C, H, W) replaces `image_shape`, which a
+    video config refuses (a second, contradicting shape), as in `argen.models.base.VideoModelConfig`."""
+
+    image_shape: tuple[int, int, int] | None = spec(None, ge=1)  # not used by video tokenizers: leave None
+    video_shape: tuple[int, int, int, int] = spec((10, 1, 32, 32), ge=1)  # (T, C, H, W), C in {1, 3}
+
+    def validate(self) -> None:
+        if self.image_shape is not None:
+            raise ValueError(f"tokenizer.image_shape: a video tokenizer takes video_shape (T, C, H, W), given "
+                             f"image_shape {self.image_shape}")
+        validate_fields(self, "tokenizer")
+        if len(self.video_shape) != 4:
+            raise ValueError(f"tokenizer.video_shape must be (T, C, H, W), given {self.video_shape}")
+        if self.video_shape[1] not in (1, 3):
+            raise ValueError(f"tokenizer.video_shape channels must be 1 or 3, given {self.video_shape[1]}")
+
+
+class VideoTokenizer(Tokenizer):
+    """Clips (B, T, C, H, W) long in [0, levels) <-> code volumes (B, t, s, h, w) long in [0, codebook_size).
+
+    t code frames, each of s codes per position (1 for a plain VQ, S for S sliced codebooks, a packed
+    hierarchy) over h x w positions; one code frame covers `frame_stride` video frames. A prior over
+    the codes is any registered video model with video_shape = code_shape and levels = codebook_size.
+    Everything else (training protocol, statistics) is the image Tokenizer's. `eval_stats` / `summarize`
+    here give mse / psnr / ssim (per frame) / usage / perplexity for any video tokenizer; a family with
+    more numbers (window_usage) extends them.
+    """
+
+    config_class: ClassVar[type[TokenizerConfig]] = VideoTokenizerConfig
+    modality: ClassVar[str] = "video"
+
+    # ----- facts ---------------------------------------------------------------------------------
+    @property
+    def video_shape(self) -> tuple[int, int, int, int]:
+        return tuple(self.config.video_shape)  # type: ignore[attr-defined, return-value]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one frame."""
+        return self.video_shape[1:]  # type: ignore[return-value]
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """What the trainer checks batches against: one clip (T, C, H, W)."""
+        return self.video_shape
+
+    @property
+    @abc.abstractmethod
+    def code_shape(self) -> tuple[int, int, int, int]:  # type: ignore[override]
+        """(t, s, h, w) of the code volume of one clip."""
+
+    @property
+    def prior_shape(self) -> tuple[int, ...]:
+        return tuple(self.code_shape)
+
+    @property
+    def frame_stride(self) -> int:
+        """Video frames per code frame: 1 for per-frame tokenizers, the temporal stride of a 3-D VQ-VAE."""
+        t_frames, t_codes = self.video_shape[0], self.code_shape[0]
+        if t_frames % t_codes:
+            raise ValueError(f"{self.model_name}: {t_frames} frames do not split into {t_codes} code frames")
+        return t_frames // t_codes
+
+    @property
+    def temporally_causal(self) -> bool:
+        """True when code frame j depends only on video frames < (j + 1) * frame_stride, so encoding
+        known context frames fixes their code frames whatever follows (per-frame tokenizers: always;
+        a 3-D encoder only with causal temporal padding). Prediction from context relies on it."""
+        return True
+
+    @property
+    def num_dims(self) -> int:
+        return math.prod(self.video_shape)
+
+    # ----- the contract ------------------------------------------------------------------------
+    @abc.abstractmethod
+    def encode(self, x: Tensor) -> Tensor:
+        """(B, T, C, H, W) long in [0, levels) -> (B, t, s, h, w) long codes; never updates statistics."""
+
+    @abc.abstractmethod
+    def decode(self, codes: Tensor) -> Tensor:
+        """(B, t, s, h, w) long codes -> (B, T, C, H, W) long in [0, levels)."""
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise ValueError naming expected and given dtype / shape / range of a clip batch."""
+        if not isinstance(x, Tensor):
+            raise ValueError(f"expected a torch.Tensor, given {type(x).__name__}")
+        if x.dtype != torch.long:
+            raise ValueError(f"expected dtype torch.long (integer pixel values), given {x.dtype}")
+        if x.dim() != 5 or tuple(x.shape[1:]) != self.video_shape:
+            raise ValueError(f"expected clips of shape (B, {', '.join(map(str, self.video_shape))}), "
+                             f"given {tuple(x.shape)}")
+        if x.numel():
+            lo, hi = int(x.min()), int(x.max())
+            if lo < 0 or hi >= self.levels:
+                raise ValueError(f"expected values in [0, {self.levels - 1}], given range [{lo}, {hi}]")
+
+    def check_codes(self, codes: Tensor) -> None:
+        """Raise ValueError naming expected and given dtype / shape / range of a code-volume batch."""
+        if not isinstance(codes, Tensor):
+            raise ValueError(f"expected a torch.Tensor of codes, given {type(codes).__name__}")
+        if codes.dtype != torch.long:
+            raise ValueError(f"expected codes of dtype torch.long, given {codes.dtype}")
+        if codes.dim() != 5 or tuple(codes.shape[1:]) != tuple(self.code_shape):
+            raise ValueError(f"expected codes of shape (B, {', '.join(map(str, self.code_shape))}), "
+                             f"given {tuple(codes.shape)}")
+        if codes.numel():
+            lo, hi = int(codes.min()), int(codes.max())
+            if lo < 0 or hi >= self.codebook_size:
+                raise ValueError(f"expected codes in [0, {self.codebook_size - 1}], given range [{lo}, {hi}]")
+
+    # ----- evaluation (shared by every video tokenizer) -------------------------------------------
+    @torch.no_grad()
+    def eval_stats(self, x: Tensor) -> Stats:
+        """{"sq_err": (squared error of reconstruct(x) on the [0, 1] scale, number of values),
+        "ssim": (sum of per-frame SSIM, number of frames), "codes": (code histogram (K,), ones)}."""
+        from argen.metrics.video import frame_ssim  # lazy: metrics are not needed to build a tokenizer
+
+        codes = self.encode(x)
+        recon = self.decode(codes)
+        dev = x.device
+        err = ((recon - x).double() / (self.levels - 1)).pow(2).sum()
+        ssim = frame_ssim(recon, x, self.levels)
+        hist = torch.bincount(codes.reshape(-1), minlength=self.codebook_size).double()
+        return {"sq_err": (err, torch.tensor(float(x.numel()), dtype=torch.float64, device=dev)),
+                "ssim": (ssim.sum().to(dev), torch.tensor(float(ssim.numel()), dtype=torch.float64, device=dev)),
+                "codes": (hist, torch.ones_like(hist))}
+
+    def summarize(self, totals: Stats) -> dict[str, float]:
+        """mse ([0, 1] scale), psnr (dB, peak 1, at most 100), ssim (mean per frame), usage (distinct
+        codes / codebook_size) and perplexity (of the code histogram), from summed `eval_stats`."""
+        out: dict[str, float] = {}
+        if "sq_err" in totals:
+            err, count = (float(t) for t in totals["sq_err"])
+            mse = err / max(count, 1.0)
+            out["mse"] = mse
+            out["psnr"] = 100.0 if mse <= 1e-10 else -10.0 * math.log10(mse)
+        if "ssim" in totals:
+            s, count = (float(t) for t in totals["ssim"])
+            out["ssim"] = s / max(count, 1.0)
+        if "codes" in totals:
+            hist = totals["codes"][0].double()
+            out["usage"] = int((hist > 0).sum()) / self.codebook_size
+            total = float(hist.sum())
+            p = hist / max(total, 1.0)
+            out["perplexity"] = float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())) if total > 0 else 1.0
+        return out
+
+
+def is_video_tokenizer(obj: Any) -> bool:
+    """True for a video tokenizer class or instance (its `modality` is "video")."""
+    return getattr(obj, "modality", "image") == "video"
+
+
 # ----- registry ------------------------------------------------------------------------------------
 _REGISTRY: dict[str, "TokenizerEntry"] = {}
 
@@ -216,6 +387,11 @@ class TokenizerEntry:
     cls: type
     description: str
     tiny: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def modality(self) -> str:
+        """"image" or "video": the class's `modality` (VideoTokenizer subclasses are "video")."""
+        return getattr(self.cls, "modality", "image")
 
 
 def register_tokenizer(name: str, *, tiny: dict[str, Any], description: str = "") -> Callable[[T], T]:
@@ -239,10 +415,12 @@ def _ensure_imported() -> None:
     import argen.tokenizers  # noqa: F401
 
 
-def list_tokenizers() -> list[str]:
-    """Names of all registered tokenizers, sorted."""
+def list_tokenizers(modality: str | None = None) -> list[str]:
+    """Names of all registered tokenizers, sorted; `modality` ("image" / "video") keeps those of that kind."""
     _ensure_imported()
-    return sorted(_REGISTRY)
+    if modality is not None and modality not in ("image", "video"):
+        raise ValueError(f"expected modality 'image', 'video' or None, given {modality!r}")
+    return sorted(n for n, e in _REGISTRY.items() if modality is None or e.modality == modality)
 
 
 def get_tokenizer_entry(name: str) -> TokenizerEntry:

@@ -1,7 +1,8 @@
 """`argen tokenize RUN`: encode a dataset's splits once with a trained tokenizer, for prior training.
 
-The code grids go to RUN/codes/<data>-<split>.npz (`argen.data.codes`); `argen train PRIOR
---tokenizer RUN` reads them. Each split's line reports the codebook usage on it.
+The code grids go to RUN/codes/<data>-<split>.npz (`argen.data.codes`; a video tokenizer's code volumes
+(N, t, s, h, w)); `argen train PRIOR --tokenizer RUN` reads them (a video model over a video tokenizer's
+codes). Each split's line reports the codebook usage on it.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def register(sub: Any) -> None:
     from argen.fields import int_arg
 
     p = sub.add_parser("tokenize", help="write a dataset's code grids with a trained tokenizer (for prior training)")
-    p.add_argument("run", help="tokenizer run directory (argen train vqvae|vqgan|fsq ...)")
+    p.add_argument("run", help="tokenizer run directory (argen train vqvae|vqgan|fsq|vqvae3d ...)")
     p.add_argument("--data", default=None, help="dataset (default: the one the tokenizer trained on)")
     p.add_argument("--data-root", default=None, help="folder holding the dataset files, where it needs one")
     p.add_argument("--splits", nargs="+", default=["train", "test"], choices=["train", "test"],

@@ -191,6 +191,8 @@ class LossModule(nn.Module):
     def forward(self, x: Tensor, cond: Tensor | None = None, phase: str | None = None,
                 step: int = 0) -> Tensor | tuple[Tensor, Stats]:
         if phase is not None:  # a reconstruction model (tokenizer): one optimizer phase's loss
+            if cond is not None:  # only for a tokenizer that declares `uses_condition`
+                return self.model.phase_loss(phase, x, step, cond=cond)
             return self.model.phase_loss(phase, x, step)
         if self.with_stats:
             return self.model.loss_and_stats(x, cond)

@@ -84,6 +84,12 @@ CHECKPOINT_FILES = (CONFIG_FILE, WEIGHTS_FILE, EMA_FILE, STATE_FILE, METRICS_FIL
 OBJECTIVES = ("likelihood", "reconstruction")
 
 
+def uses_condition(model: nn.Module) -> bool:
+    """Whether a reconstruction model declares that it trains on each batch's y too (the tokenizer
+    class attribute `uses_condition`: IQ-VAE's edge maps); it then gets phase_loss(..., cond=y)."""
+    return bool(getattr(type(model), "uses_condition", False))
+
+
 def objective_of(model: nn.Module) -> str:
     """What `model` is trained for, from its declared class attribute `objective` (AR models:
     "likelihood"; tokenizers: "reconstruction")."""
@@ -478,9 +484,11 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     def _cond(self, y: Tensor | None) -> Tensor | None:
-        """The batch's conditioning input (labels today) goes to the model only when its `cond_spec`
-        declares one (`argen.conditioning.batch_condition`)."""
-        y = batch_condition(self.model.cond_spec, y)
+        """The batch's conditioning input goes to the model only when its `cond_spec` declares one
+        (`argen.conditioning.batch_condition`), or always to a tokenizer that declares
+        `uses_condition` (IQ-VAE encodes the edge map with the image)."""
+        if not uses_condition(self.model):
+            y = batch_condition(self.model.cond_spec, y)
         return None if y is None else y.to(self.device, non_blocking=True)
 
     # ----- the loop ------------------------------------------------------------------------

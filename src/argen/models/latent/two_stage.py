@@ -18,9 +18,19 @@ Conditions: the prior's (class labels, caption tokens) pass through. A tokenizer
 condition image with the image (IQ-VAE: `tokenizer.condition_spec`, e.g. an edge map) makes this
 model conditioned on that image (`cond_spec` is the tokenizer's): every method takes the image and
 hands the prior its tokens (`encode_condition`).
+
+Video: with a video tokenizer (`tokenizer.modality == "video"`) the same class is a model over clips
+(T, C, H, W): the prior is any registered video model over the code volumes (t, s, h, w)
+(`tokenizer.prior_shape`), `complete` keeps the codes whose whole (frame_stride, H/h, W/w) cell of
+pixels is known, and `predict(context (B, k, C, H, W))` encodes the context, keeps the code frames
+wholly covered by the k known frames (k // frame_stride of them: exact for a temporally causal
+tokenizer, whose code frames depend on no later frame), completes the rest with the prior, decodes
+and pastes the context frames back. Nothing here branches on the kind: shapes come from the
+tokenizer (`data_shape`, `code_shape`, `prior_shape`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,18 +55,20 @@ class LatentConfig:
                 "tokenizer_config": self.tokenizer_config}
 
 
-def token_mask(known: Tensor, code_shape: tuple[int, int]) -> Tensor:
-    """(B, h, w) bool: a code is known when every pixel of its cell is known in `known` (B, H, W).
+def token_mask(known: Tensor, code_shape: tuple[int, ...]) -> Tensor:
+    """(B, *code_shape) bool: a code is known when every pixel of its cell is known in `known` (B, *P):
+    (B, H, W) -> (B, h, w) for images, (B, T, H, W) -> (B, t, h, w) for clips.
 
-    Cells tile the image (H and W are multiples of h and w). A code whose cell is partly hidden is
-    regenerated: conditioning on it would leak a guess of the hidden pixels' codes.
+    Cells tile the data (each axis of P a multiple of code_shape's). A code whose cell is partly hidden
+    is regenerated: conditioning on it would leak a guess of the hidden pixels' codes.
     """
-    b, height, width = known.shape
-    h, w = code_shape
-    if height % h or width % w:
-        raise ValueError(f"expected an image size divisible by the code grid {code_shape}, given {(height, width)}")
-    cells = known.reshape(b, h, height // h, w, width // w)
-    return cells.all(dim=4).all(dim=2)
+    b, sizes = known.shape[0], tuple(known.shape[1:])
+    code_shape = tuple(code_shape)
+    if len(sizes) != len(code_shape) or any(n % c for n, c in zip(sizes, code_shape)):
+        raise ValueError(f"expected a data size divisible by the code grid {code_shape}, given {sizes}")
+    split = [d for c, n in zip(code_shape, sizes) for d in (c, n // c)]
+    cells = known.reshape(b, *split)
+    return cells.all(dim=tuple(range(2, 2 * len(sizes) + 1, 2)))
 
 
 class LatentModel(nn.Module):
@@ -72,7 +84,7 @@ class LatentModel(nn.Module):
         super().__init__()
         if getattr(type(tokenizer), "kind", None) != "tokenizer":
             raise ValueError(f"expected a tokenizer as the first part, given a {type(tokenizer).__name__}")
-        want = (1, *tokenizer.code_shape)
+        want = tuple(tokenizer.prior_shape)  # (1, h, w) for an image tokenizer, (t, s, h, w) for a video one
         if tuple(prior.data_shape) != want or prior.levels != tokenizer.codebook_size:
             raise ValueError(f"expected a prior over code grids {want} with {tokenizer.codebook_size} levels "
                              f"(the tokenizer's codebook), given a prior over {tuple(prior.data_shape)} with "
@@ -90,14 +102,17 @@ class LatentModel(nn.Module):
         self.tokenizer.eval()
         return self
 
-    # ----- facts (the model contract over images) ----------------------------------------------
+    # ----- facts (the model contract over images or clips) --------------------------------------
     @property
     def data_shape(self) -> tuple[int, ...]:
-        return tuple(self.tokenizer.image_shape)
+        """(C, H, W) images, or (T, C, H, W) clips with a video tokenizer."""
+        return tuple(self.tokenizer.data_shape)
 
     @property
     def position_shape(self) -> tuple[int, ...]:
-        return self.data_shape[-2:]
+        """data_shape without the channel axis: (H, W), or (T, H, W)."""
+        shape = self.data_shape
+        return shape[:-3] + shape[-2:]
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -112,8 +127,14 @@ class LatentModel(nn.Module):
         return self.tokenizer.levels
 
     @property
-    def code_shape(self) -> tuple[int, int]:
+    def code_shape(self) -> tuple[int, ...]:
+        """The tokenizer's codes of one item: (h, w), or (t, s, h, w)."""
         return tuple(self.tokenizer.code_shape)
+
+    @property
+    def frame_stride(self) -> int:
+        """Video frames per code frame (a video tokenizer's; 1 for images, which have no frames)."""
+        return int(getattr(self.tokenizer, "frame_stride", 1))
 
     @property
     def num_dims(self) -> int:
@@ -154,18 +175,23 @@ class LatentModel(nn.Module):
     def null_cond(self, batch: int) -> Tensor:
         return self.prior.null_cond(batch)
 
+    @property
+    def sampling_defaults(self) -> dict[str, Any]:
+        """The prior's declared sampling defaults (HARP's top-k, LVT's temperature)."""
+        return dict(self.prior.sampling_defaults)
+
     # ----- the two stages ----------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, x: Tensor) -> Tensor:
-        """Images (B, C, H, W) -> the prior's data, code grids (B, 1, h, w)."""
+        """Images (B, C, H, W) -> the prior's data, code grids (B, 1, h, w); clips -> (B, t, s, h, w)."""
         self.tokenizer.eval()
-        return self.tokenizer.encode(x).unsqueeze(1)
+        return self.tokenizer.encode(x).reshape(x.shape[0], *self.tokenizer.prior_shape)
 
     @torch.no_grad()
     def decode(self, codes: Tensor) -> Tensor:
-        """Code grids (B, 1, h, w) -> images (B, C, H, W)."""
+        """Code grids (B, 1, h, w) -> images (B, C, H, W); code volumes (B, t, s, h, w) -> clips."""
         self.tokenizer.eval()
-        return self.tokenizer.decode(codes[:, 0])
+        return self.tokenizer.decode(codes.reshape(codes.shape[0], *self.code_shape))
 
     def check_input(self, x: Tensor, cond: Tensor | None = None) -> None:
         self.tokenizer.check_input(x)
@@ -188,7 +214,8 @@ class LatentModel(nn.Module):
     @torch.no_grad()
     def complete(self, x: Tensor, known: Tensor, cond: Tensor | None = None, config: Any = None,
                  **options: Any) -> Tensor:
-        """Fill the pixels where `known` (B, H, W) or (H, W) is False; the known pixels are kept.
+        """Fill the pixels where `known` (B, *position_shape) or position_shape is False; the known
+        pixels are kept (position_shape: (H, W) for images, (T, H, W) for clips).
 
         The codes whose cells are wholly known condition the prior (in its order: a raster prior
         sees only the known codes before each hidden one); the others are drawn, then decoded.
@@ -203,8 +230,60 @@ class LatentModel(nn.Module):
             raise ValueError(f"expected known of shape {want} or {(x.shape[0], *want)}, given {tuple(known.shape)}")
         known = known.to(x.device)
         codes = self.encode(x)
-        filled = self.prior.complete(codes, token_mask(known, self.code_shape), self.prior_cond(cond), config, **options)
-        return torch.where(known.unsqueeze(1), x, self.decode(filled))
+        mask = token_mask(known, tuple(self.prior.position_shape))
+        filled = self.prior.complete(codes, mask, self.prior_cond(cond), config, **options)
+        return torch.where(known.unsqueeze(-3), x, self.decode(filled))  # (B, [T,] 1, H, W): over channels
+
+    @torch.no_grad()
+    def predict(self, context: Tensor, cond: Tensor | None = None, config: Any = None, **options: Any) -> Tensor:
+        """Video prediction: the first k frames (B, k, C, H, W) -> whole clips (B, T, C, H, W).
+
+        `complete` with the first k frames known: the code frames wholly inside them (k // frame_stride)
+        are kept, the prior draws the others, the decoded clip gets the k true frames back. With k not a
+        multiple of frame_stride the partly known code frame is drawn too (its true frames are pasted).
+        """
+        shape = self.data_shape
+        if len(shape) != 4:
+            raise ValueError(f"predict is for video models (data (T, C, H, W)), given a model of data shape {shape}")
+        if not isinstance(context, Tensor) or context.dim() != 5 or tuple(context.shape[2:]) != shape[1:] \
+                or not 1 <= context.shape[1] < shape[0]:
+            given = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+            raise ValueError(f"expected context frames (B, k, {', '.join(map(str, shape[1:]))}) with 1 <= k < "
+                             f"{shape[0]}, given {given}")
+        if context.dtype != torch.long:
+            raise ValueError(f"expected context frames of dtype torch.long (integer pixel values), given {context.dtype}")
+        b, k = context.shape[:2]
+        x = torch.zeros((b, *shape), dtype=torch.long, device=context.device)
+        x[:, :k] = context  # the range is checked by complete (check_input)
+        known = torch.zeros((b, *self.position_shape), dtype=torch.bool, device=context.device)
+        known[:, :k] = True
+        return self.complete(x, known, cond, config, **options)
+
+    @torch.no_grad()
+    def future_token_nats(self, x: Tensor, context: int, frames: int | None = None,
+                          cond: Tensor | None = None) -> dict[str, Any]:
+        """-log p(codes of frames [context, context + frames) | the code frames wholly in the first `context`
+        frames) of true clips x (B, T, C, H, W), from the prior's per-position log_prob (B, t, h, w).
+
+        The prediction protocol of `argen.metrics.video.prediction_nats`, in tokens: the code frames from
+        context // frame_stride up to the one holding frame context + frames - 1. Exact for the codes (the
+        prior's likelihood), not a likelihood of the pixels.
+        """
+        shape = self.data_shape
+        if len(shape) != 4:
+            raise ValueError(f"future_token_nats is for video (data (T, C, H, W)), given data shape {shape}")
+        t_max, stride = shape[0], self.frame_stride
+        frames = t_max - context if frames is None else frames
+        if context < 1 or frames < 1 or context + frames > t_max:
+            raise ValueError(f"expected context k >= 1 and frames n >= 1 with k + n <= {t_max}, given k={context}, "
+                             f"n={frames}")
+        first, stop = context // stride, -(-(context + frames) // stride)
+        per_pos = self.log_prob(x, cond, reduce=False)  # (B, t, h, w)
+        nats = -per_pos[:, first:stop].double().flatten(1).sum(1)
+        tokens = (stop - first) * math.prod(self.prior.data_shape[1:])
+        return {"context": context, "frames": frames, "code_frames": [first, stop], "tokens": tokens,
+                "nats_per_token": float(nats.mean() / tokens), "bits_per_token": float(nats.mean() / (tokens * math.log(2))),
+                "exact": False, "unit": "token", "n": int(x.shape[0])}
 
     def extra_repr(self) -> str:
         return f"prior={self.prior.model_name!r}, tokenizer={self.tokenizer.model_name!r}, code_shape={self.code_shape}"

@@ -23,13 +23,18 @@ attention every slot sees it.
 
 Classifier-free guidance: in training mode each label is replaced by the null class with
 probability `label_dropout` (drawn from torch's RNG), so the one network also learns the
-unconditional distribution; `cond=None` means the null class, and `null_cond(batch)` gives the
+unconditional distribution; `cond=None` means the null class, and `null_cond(batch)`
+(`argen.nn.transformer.ClassStartSlot`, shared with VideoGPT) gives the
 null labels the sampler's unconditional stepper runs on (`SamplingConfig.cfg_scale`). The null
 label `num_classes` is a valid `cond` value for this model (`CondSpec.null_class`).
 
 Cached sampling is the generic kv_cache stepper (`argen.sampling.transformer_cache`): it prefills
 slot 0 (and any known prefix), then decodes one slot per code from static caches, calling this
 model's `embed(x, cond, start, end)`, `trunk`, `new_cache` and `pattern`.
+
+Built with `context_dim`, the decoder cross-attends in every block to a context the model's
+`slot_context` gives (token_gpt has none; `parti` (models/tokens/parti.py) is this class with a
+text encoder whose caption encoding it hands over, computed once per sample).
 """
 from __future__ import annotations
 
@@ -44,14 +49,16 @@ from argen.distributions import MAX_LEVELS, Categorical
 from argen.fields import spec
 from argen.models.base import ARModel, Capabilities, ModelConfig
 from argen.nn.attention import CausalPattern, Rotary
-from argen.nn.transformer import SlotDecoder, Transformer, init_gpt_weights
+from argen.nn.transformer import ClassStartSlot, SlotDecoder, Transformer, init_gpt_weights
 from argen.registry import register_model
 
 POSITION_KINDS = ("learned", "rope")
 
 
 @dataclass
-class TokenGPTConfig(ModelConfig):
+class CodeGridConfig(ModelConfig):
+    """The decoder over a code grid that token_gpt and the priors built on its layout (parti) share."""
+
     # Defaults: the MNIST prior of a 7x7 tokenizer with 128 codes (4 layers, width 128, 4 heads,
     # 49 codes + the start slot): about 0.8M parameters, trainable on a CPU.
     image_shape: tuple[int, int, int] = spec((1, 7, 7), ge=1)  # (1, h, w): a code grid
@@ -62,8 +69,6 @@ class TokenGPTConfig(ModelConfig):
     d_ff: int = spec(512, ge=1)
     dropout: float = spec(0.0, ge=0.0, lt=1.0)
     pos_embedding: str = spec("learned", choices=POSITION_KINDS)
-    # probability that a training label becomes the null class (classifier-free guidance; LlamaGen 0.1)
-    label_dropout: float = spec(0.1, ge=0.0, lt=1.0)
     # a zero head makes a fresh prior uniform over codes (LlamaGen, VideoGPT)
     zero_head: bool = True
 
@@ -76,6 +81,12 @@ class TokenGPTConfig(ModelConfig):
             raise ValueError(f"model.pos_embedding 'rope' needs a head width (d_model / n_heads) divisible by 4 "
                              f"(half the dims per grid axis, in pairs), given {head}")
 
+
+@dataclass
+class TokenGPTConfig(CodeGridConfig):
+    # probability that a training label becomes the null class (classifier-free guidance; LlamaGen 0.1)
+    label_dropout: float = spec(0.1, ge=0.0, lt=1.0)
+
     def cond_spec(self) -> CondSpec:
         """Class labels with the null class when built with `num_classes`, else nothing."""
         return CondSpec.classes(self.num_classes, null_class=True)
@@ -86,7 +97,7 @@ class TokenGPTConfig(ModelConfig):
     tiny=dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, zero_head=False),
     variants={"rope": dict(pos_embedding="rope")},
 )
-class TokenGPT(SlotDecoder, ARModel):
+class TokenGPT(ClassStartSlot, SlotDecoder, ARModel):
     """Token GPT: decoder-only transformer prior over a tokenizer's code grid, class-conditional with CFG."""
 
     config_class = TokenGPTConfig
@@ -99,7 +110,9 @@ class TokenGPT(SlotDecoder, ARModel):
     row_embed: nn.Parameter | None
     col_embed: nn.Parameter | None
 
-    def __init__(self, config: TokenGPTConfig) -> None:
+    def __init__(self, config: TokenGPTConfig, context_dim: int | None = None) -> None:
+        """`context_dim`: the width of a context every decoder block cross-attends to (None: none;
+        a prior built on this layout, parti, passes its text encoder's width)."""
         super().__init__(config)
         cfg = config
         c, h, w = cfg.image_shape
@@ -124,7 +137,7 @@ class TokenGPT(SlotDecoder, ARModel):
             rotary = Rotary(d // cfg.n_heads, torch.stack([self.slot_row, self.slot_col], 1))
         self.drop = nn.Dropout(cfg.dropout)
         self.decoder = Transformer(d, cfg.n_layers, cfg.n_heads, cfg.d_ff, CausalPattern(n), dropout=cfg.dropout,
-                                   rotary=rotary)
+                                   rotary=rotary, context_dim=context_dim)
         self.head = nn.Linear(d, cfg.levels)
         self.apply(init_gpt_weights)
         if cfg.zero_head:
@@ -135,28 +148,6 @@ class TokenGPT(SlotDecoder, ARModel):
     def pattern(self) -> CausalPattern:
         """The trunk's attention pattern over the N slots (what the kv_cache stepper windows by)."""
         return self.decoder.pattern
-
-    # ----- conditioning ----------------------------------------------------------------------------
-    def null_cond(self, batch: int) -> Tensor:
-        """(batch,) null-class labels: the unconditional input of classifier-free guidance."""
-        n = self.config.num_classes
-        if not n:
-            raise ValueError("classifier-free guidance needs a class-conditional token_gpt: this one was built "
-                             "without num_classes, so it has no null class (expected cfg_scale=1)")
-        return torch.full((batch,), n, dtype=torch.long, device=self.device)
-
-    def start_rows(self, cond: Tensor | None, batch: int) -> Tensor:
-        """(batch,) rows of `start_embed` for slot 0: the labels (None: the null class), each
-        replaced by the null class with probability `label_dropout` in training mode; 0 (the
-        start token) for an unconditional model."""
-        n = self.config.num_classes
-        if not n:
-            return torch.zeros(batch, dtype=torch.long, device=self.device)
-        labels = self.null_cond(batch) if cond is None else cond
-        p = self.config.label_dropout
-        if self.training and p > 0:
-            labels = torch.where(torch.rand(batch, device=labels.device) < p, n, labels)
-        return labels
 
     # ----- the sequence view -----------------------------------------------------------------------
     def embed(self, x: Tensor, cond: Tensor | None = None, start: int = 0, end: int | None = None) -> Tensor:
@@ -174,5 +165,6 @@ class TokenGPT(SlotDecoder, ARModel):
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """(B, 1, h, w) codes -> (B, levels, h, w) logits of each code given the codes before it."""
-        logits = self.trunk(self.embed(x, cond))  # (B, N, L) in raster order
+        context = self.slot_context(x, cond, 0, self.decoder.length)  # None: no cross-attention (token_gpt)
+        logits = self.trunk(self.embed(x, cond), context=context)  # (B, N, L) in raster order
         return rearrange(logits, "b (h w) l -> b l h w", h=self.config.image_shape[1])

@@ -50,6 +50,7 @@ context pixels of its own and earlier slices (all of them by the last slice).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from einops import rearrange
@@ -67,6 +68,9 @@ from argen.registry import register_model
 
 @dataclass
 class VideoTransformerConfig(VideoModelConfig):
+    # a prior over (t, s, h, w) code volumes too (LVT's sliced VQ: s = 4 codebooks of 512): any
+    # channel count, more than 256 levels with several channels
+    code_channels: ClassVar[bool] = True
     # CPU-sized: ~1.0M parameters at these defaults (the paper: width 512, 8 + 8 layers)
     d_model: int = spec(128, ge=1)
     n_layers: int = spec(6, ge=1)
