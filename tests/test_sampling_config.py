@@ -27,10 +27,17 @@ DECLARED = {  # model -> (stepper kind, parallel_steps, sample_orders, any_order
     "nade": ("subpixel_state", False, False, False, False, False),
     "made": ("naive", False, False, False, True, False),  # no cheaper exact sampler than a pass per sub-pixel
     "token_gpt": ("kv_cache", False, False, False, False, True),
+    "imagebart": ("scales", False, False, False, False, False),  # top GPT, then one AR decoder per scale
+    "parti": ("kv_cache", False, False, False, False, True),  # guidance through the null caption
+    "iqvae": ("kv_cache", False, False, False, False, False),  # the condition prefix prefilled, then one code a step
     "vpn": ("frame_cache", False, False, False, False, False),
     "video_transformer": ("kv_cache", False, False, False, False, False),
     "multiscale_video": ("group", False, False, False, False, False),
+    "videogpt": ("kv_cache", False, False, False, False, True),
+    "harp": ("kv_cache", False, False, False, False, True),
+    "lvt": ("kv_cache", False, False, False, False, False),
     "frame_gan": ("naive", False, False, False, False, False),  # a frame predictor: no likelihood to step
+    "vqvae_video_pixelcnn": ("naive", False, False, False, False, False),  # small code volumes: the reference
 }
 
 
@@ -90,7 +97,8 @@ def test_every_registered_model_declares_its_capabilities():
         m = tiny(name)
         if getattr(type(m), "objective", "likelihood") != "likelihood":
             continue  # trained and evaluated by reconstruction (frame_gan): nothing to step
-        assert m.own_stepper == m.has_own_stepper() == (kind != "naive")
+        # a model generating by stages or scales (steps_by_position False) has no per-position stepper
+        assert m.own_stepper == m.has_own_stepper() == (kind != "naive" and m.steps_by_position)
         assert hasattr(m, "log_prob_ensemble") == ensembles
 
 
@@ -154,3 +162,23 @@ def test_autoregressive_fill_takes_config_or_keywords_not_both():
     x = torch.zeros(1, 1, 4, 4, dtype=torch.long)
     with pytest.raises(ValueError, match="either as config= or as keywords"):
         autoregressive_fill(m, x, None, None, build_stepper(m, None), config=SamplingConfig(), temperature=0.5)
+
+
+def test_command_line_options_keep_a_models_declared_sampling_defaults():
+    """Unset flags (None) keep HARP's top-k / LVT's temperature; given ones override them."""
+    import argparse
+
+    from argen.cli import _sampling_config
+    from argen.sampling.config import config_over_defaults
+
+    assert config_over_defaults({"top_k": 10}, top_k=None, temperature=None).top_k == 10
+    assert config_over_defaults({"top_k": 10}, top_k=3).top_k == 3
+    assert config_over_defaults(None, temperature=None).temperature == 1.0
+    with pytest.raises(ValueError, match="SamplingConfig fields"):
+        config_over_defaults({"beam": 2})
+    args = argparse.Namespace(seed=0, temperature=None, top_k=None, top_p=None, naive=False, cfg_scale=1.0)
+    for name, field, value in (("harp", "top_k", tiny("harp").sampling_defaults["top_k"]), ("lvt", "temperature", 0.9)):
+        m = tiny(name)
+        assert getattr(_sampling_config(m, args), field) == value
+        given = argparse.Namespace(**{**vars(args), field: 2 if field == "top_k" else 1.5})
+        assert getattr(_sampling_config(m, given), field) == (2 if field == "top_k" else 1.5)

@@ -47,9 +47,10 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     from argen.fields import float_arg, int_arg
 
     p.add_argument("--seed", type=seed_arg(), default=0, help="random seed of the draw (default: 0)")
-    p.add_argument("--temperature", type=float_arg(gt=0), default=1.0,
-                   help="divide logits by this, > 0 (default: 1.0)")
-    p.add_argument("--top-k", type=int_arg(ge=1), default=None, help="keep the k most likely values per sub-pixel")
+    p.add_argument("--temperature", type=float_arg(gt=0), default=None,
+                   help="divide logits by this, > 0 (default: 1.0, or the model's declared default, e.g. lvt 0.9)")
+    p.add_argument("--top-k", type=int_arg(ge=1), default=None,
+                   help="keep the k most likely values per sub-pixel (default: all, or the model's, e.g. harp)")
     p.add_argument("--top-p", type=float_arg(gt=0, le=1), default=None,
                    help="nucleus sampling: keep the most likely mass p, in (0, 1]")
     p.add_argument("--steps", type=int_arg(ge=1), default=None,
@@ -71,11 +72,12 @@ def _sampling_config(model: Any, args: argparse.Namespace) -> Any:
     """The SamplingConfig of the sampling options (checked against what the model can do)."""
     import torch
 
-    from argen.sampling import SamplingConfig
+    from argen.sampling.config import config_over_defaults
 
-    config = SamplingConfig(generator=torch.Generator().manual_seed(args.seed), temperature=args.temperature,
-                            top_k=args.top_k, top_p=args.top_p, naive=args.naive, progress=True,
-                            cfg_scale=args.cfg_scale)
+    config = config_over_defaults(getattr(model, "sampling_defaults", None),
+                                  generator=torch.Generator().manual_seed(args.seed), temperature=args.temperature,
+                                  top_k=args.top_k, top_p=args.top_p, naive=args.naive, progress=True,
+                                  cfg_scale=args.cfg_scale)
     if config.cfg_scale != 1.0 and not model.capabilities.guidance:
         raise ValueError(f"--cfg-scale needs a model with a null (unconditional) input for classifier-free "
                          f"guidance; model {model.model_name!r} has none: expected --cfg-scale 1, given {args.cfg_scale}")
@@ -171,12 +173,14 @@ def _data_slug(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("_") or "data"
 
 
-def trainable_entry(name: str) -> tuple[Any, str]:
-    """The registry entry of a model or a tokenizer named `name`, and which of the two it is."""
+def trainable_entry(name: str, prior: bool = False) -> tuple[Any, str]:
+    """The registry entry of a model or a tokenizer named `name`, and which of the two it is. A name
+    both registries hold (iqvae: the tokenizer and its prior) is the model when trained as a `prior`
+    (over --tokenizer), else the tokenizer."""
     from argen.registry import get_entry, list_models
     from argen.tokenizers import get_tokenizer_entry, list_tokenizers
 
-    if name in list_tokenizers():
+    if name in list_tokenizers() and not (prior and name in list_models()):
         return get_tokenizer_entry(name), "tokenizer"
     if name in list_models():
         return get_entry(name), "model"
@@ -184,12 +188,14 @@ def trainable_entry(name: str) -> tuple[Any, str]:
                      f"or the tokenizers {list_tokenizers()}")
 
 
-def create_trainable(name: str, **kwargs: Any) -> Any:
-    """Build the model or tokenizer `name` from its hyperparameters."""
+def create_trainable(name: str, prior: bool = False, **kwargs: Any) -> Any:
+    """Build the model or tokenizer `name` (as `trainable_entry` resolves it) from its hyperparameters."""
     import argen
     from argen.tokenizers import create_tokenizer
 
-    return create_tokenizer(name, **kwargs) if trainable_entry(name)[1] == "tokenizer" else argen.create_model(name, **kwargs)
+    if trainable_entry(name, prior)[1] == "tokenizer":
+        return create_tokenizer(name, **kwargs)
+    return argen.create_model(name, **kwargs)
 
 
 class _PriorOf:
@@ -201,8 +207,9 @@ class _PriorOf:
         self.desc = desc
 
     def render(self, codes: Any) -> tuple[Any, int]:
-        """Sample grids of the prior show decoded images."""
-        return self.tokenizer.decode(codes[:, 0].to(next(self.tokenizer.parameters()).device)), self.tokenizer.levels
+        """Sample grids of the prior show decoded images (clips, over a video tokenizer)."""
+        codes = codes.reshape(codes.shape[0], *self.tokenizer.code_shape)  # drop the prior's channel axis of a grid
+        return self.tokenizer.decode(codes.to(next(self.tokenizer.parameters()).device)), self.tokenizer.levels
 
     def copy_into(self, run_dir: Path) -> None:
         """Save the tokenizer into the prior's run, so the run is whole wherever it is moved."""
@@ -246,7 +253,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from argen.train.config import coerce_fields
     from argen.train.trainer import RUN_FILES, SAMPLES_DIR, TENSORBOARD_DIR, objective_of, read_train_state
 
-    entry, kind = trainable_entry(args.model)  # unknown name: ValueError listing the names
+    entry, kind = trainable_entry(args.model, prior=bool(args.tokenizer))  # unknown name: ValueError listing them
     if kind == "tokenizer" and (args.tokenizer or args.class_conditional or args.conditional):
         raise ValueError(f"{args.model!r} is a tokenizer: it takes none of --tokenizer, --class-conditional, "
                          "--conditional")
@@ -376,7 +383,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             model_kw.update({"cond_vocab": spec.vocab_size, "cond_len": spec.max_len})
 
     torch.manual_seed(train_cfg.seed)
-    model = create_trainable(args.model, **model_kw)
+    model = create_trainable(args.model, bool(args.tokenizer), **model_kw)
     extra: dict[str, Any] = {"data": data, "data_root": root}
     if conditional and train_ds.vocabulary is not None:
         extra["vocabulary"] = train_ds.vocabulary.to_dict()  # `argen sample --prompt` encodes with it
@@ -653,7 +660,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         from argen.sampling.rerank import rerank_sample
 
         config = _sampling_config(model, args)
-        x = rerank_sample(model, args.num, cond, args.rerank, config)
+        # contrastive (PMI against the null condition) where the model has one, else the likelihood
+        score = "pmi" if cond is not None and model.capabilities.guidance else "likelihood"
+        x = rerank_sample(model, args.num, cond, args.rerank, config, score=score)
     else:
         x0 = torch.zeros((args.num, *model.data_shape), dtype=torch.long, device=model.device)
         x = _generate(model, x0, None, cond, args)
@@ -841,9 +850,10 @@ def cmd_models(args: argparse.Namespace) -> int:
     print(_table(rows, ["name", "likelihood", "data", "description"]))
     from argen.tokenizers import get_tokenizer_entry, list_tokenizers
 
-    rows = [[name, get_tokenizer_entry(name).description] for name in list_tokenizers()]
-    print("\ntokenizers (argen train NAME, then argen train PRIOR --tokenizer RUN):")
-    print(_table(rows, ["name", "description"]))
+    rows = [[name, get_tokenizer_entry(name).modality, get_tokenizer_entry(name).description] for name in list_tokenizers()]
+    print("\ntokenizers (argen train NAME, then argen train PRIOR --tokenizer RUN; a video tokenizer's prior is a video "
+          "model):")
+    print(_table(rows, ["name", "data", "description"]))
     return EXIT_OK
 
 

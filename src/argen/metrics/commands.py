@@ -52,7 +52,8 @@ def _common(p: argparse.ArgumentParser, *, n: int, batch: int, data_help: str) -
     p.add_argument("--batch-size", type=int_arg(ge=1), default=batch,
                    help=f"batch size for sampling and features (default: {batch})")
     p.add_argument("--seed", type=int_arg(ge=0, le=SEED_MAX), default=0, help="sampling seed (default: 0)")
-    p.add_argument("--temperature", type=float_arg(gt=0), default=1.0, help="sampling temperature, > 0 (default: 1.0)")
+    p.add_argument("--temperature", type=float_arg(gt=0), default=None,
+                   help="sampling temperature, > 0 (default: 1.0, or the model's declared default)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     p.add_argument("--cache-dir", default=None,
                    help="where reference statistics are cached (default: $ARGEN_CACHE_DIR or ~/.cache/argen/stats)")

@@ -70,11 +70,12 @@ def dataset_batches(ds: Any, batch_size: int, n: int | None = None) -> Iterator[
         yield torch.stack([torch.as_tensor(ds[i][0]) for i in idx[start:start + batch_size]])
 
 
-def sample_batches(model: Any, n: int, batch_size: int, *, seed: int = 0, temperature: float = 1.0,
+def sample_batches(model: Any, n: int, batch_size: int, *, seed: int = 0, temperature: float | None = None,
                    top_k: int | None = None, top_p: float | None = None, cfg_scale: float = 1.0) -> Iterator[Tensor]:
     """`n` samples of `model` in batches; class-conditional models get balanced labels, the classes
     0..C-1 cycling over the `n` samples (`argen.conditioning.sample_conditions`, as `argen sample`).
-    `cfg_scale` != 1 guides models that declare a null condition (classifier-free guidance)."""
+    `cfg_scale` != 1 guides models that declare a null condition (classifier-free guidance). Options
+    left None keep the model's declared sampling defaults (HARP's top-k, LVT's temperature)."""
     if n < 1 or batch_size < 1:
         raise ValueError(f"expected n >= 1 and batch_size >= 1, given n={n}, batch_size={batch_size}")
     device = model.device
@@ -83,8 +84,10 @@ def sample_batches(model: Any, n: int, batch_size: int, *, seed: int = 0, temper
     for start in range(0, n, batch_size):
         b = min(batch_size, n - start)
         cond = labels[start:start + b].to(device) if labels is not None else None
-        guided = {"cfg_scale": cfg_scale} if cfg_scale != 1.0 else {}
-        yield model.sample(b, cond, generator=gen, temperature=temperature, top_k=top_k, top_p=top_p, **guided).cpu()
+        given = {k: v for k, v in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)) if v is not None}
+        if cfg_scale != 1.0:
+            given["cfg_scale"] = cfg_scale
+        yield model.sample(b, cond, generator=gen, **given).cpu()
 
 
 def _slug(text: str) -> str:

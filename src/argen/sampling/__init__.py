@@ -7,6 +7,7 @@ gives a model's own stepper (from the kind it declares) for the generic loop `au
 from argen.sampling import (
     frame_cache,  # noqa: F401  (registers the "frame_cache" stepper kind)
     group_sampler,  # noqa: F401  (registers the "group" stepper kind)
+    scale_sampler,  # noqa: F401  (registers the "scales" stepper kind)
     subpixel_cache,  # noqa: F401  (registers the "subpixel_state" stepper kind)
 )
 from argen.sampling.config import SamplingConfig, split_options
