@@ -31,13 +31,14 @@ small (a few hundred tokens per clip) and no cheaper exact stepper is declared.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
 from argen.distributions import Categorical
-from argen.fields import spec, validate_fields
+from argen.fields import spec
 from argen.models.base import ARModel, Capabilities, VideoModelConfig
 from argen.nn import ClassEmbedding, masked_output_head
 from argen.nn.conv_lstm import ConvLSTM
@@ -62,20 +63,15 @@ class VQVAEVideoPixelCNNConfig(VideoModelConfig):
     kernel: int = spec(3, ge=3)  # odd
     lstm_hidden: int = spec(32, ge=1)  # the past-frames context's features
 
+    #: the channel axis holds the 5 codes of a top cell, not pixels (see ModelConfig.code_channels)
+    code_channels: ClassVar[bool] = True
+
     def validate(self) -> None:
-        # Not ModelConfig.validate: its channels rule (1 or 3, one channel above 256 levels) is for
-        # pixels; a code volume has 5 channels of codes. The other rules are the same.
-        if self.image_shape is not None:
-            raise ValueError(f"model.image_shape: a video model takes video_shape (T, C, H, W), given image_shape "
-                             f"{self.image_shape}")
-        validate_fields(self, "model")
+        super().validate()
         channels = self.video_shape[1]
         if channels != CODE_CHANNELS:
             raise ValueError(f"model.video_shape: expected {CODE_CHANNELS} code channels (hvqvae: the top code and "
                              f"the 2x2 bottom codes per top cell), given {channels} in {tuple(self.video_shape)}")
-        if self.levels > Categorical.max_levels:
-            raise ValueError(f"model.levels: a categorical head takes at most {Categorical.max_levels} levels, "
-                             f"given {self.levels}")
         if self.kernel % 2 == 0:
             raise ValueError(f"model.kernel must be odd, given {self.kernel}")
 
