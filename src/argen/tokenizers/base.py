@@ -162,27 +162,30 @@ class Tokenizer(nn.Module, abc.ABC):
         return self.decode(self.encode(x))
 
     def check_input(self, x: Tensor) -> None:
-        """Raise ValueError naming expected and given dtype / shape / range of an image batch."""
+        """Raise ValueError naming expected and given dtype / shape / range of a batch of `data_shape`
+        items (images, or clips for a video tokenizer)."""
         if not isinstance(x, Tensor):
             raise ValueError(f"expected a torch.Tensor, given {type(x).__name__}")
         if x.dtype != torch.long:
             raise ValueError(f"expected dtype torch.long (integer pixel values), given {x.dtype}")
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"expected shape (B, {', '.join(map(str, self.image_shape))}), given {tuple(x.shape)}")
+        shape = tuple(self.data_shape)
+        if tuple(x.shape[1:]) != shape or x.dim() != len(shape) + 1:
+            what = "clips of shape" if len(shape) == 4 else "shape"
+            raise ValueError(f"expected {what} (B, {', '.join(map(str, shape))}), given {tuple(x.shape)}")
         if x.numel():
             lo, hi = int(x.min()), int(x.max())
             if lo < 0 or hi >= self.levels:
                 raise ValueError(f"expected values in [0, {self.levels - 1}], given range [{lo}, {hi}]")
 
     def check_codes(self, codes: Tensor) -> None:
-        """Raise ValueError naming expected and given dtype / shape / range of a code batch."""
+        """Raise ValueError naming expected and given dtype / shape / range of a batch of `code_shape` codes."""
         if not isinstance(codes, Tensor):
             raise ValueError(f"expected a torch.Tensor of codes, given {type(codes).__name__}")
         if codes.dtype != torch.long:
             raise ValueError(f"expected codes of dtype torch.long, given {codes.dtype}")
-        if codes.dim() != 3 or tuple(codes.shape[1:]) != tuple(self.code_shape):
-            raise ValueError(f"expected codes of shape (B, {', '.join(map(str, self.code_shape))}), "
-                             f"given {tuple(codes.shape)}")
+        shape = tuple(self.code_shape)
+        if tuple(codes.shape[1:]) != shape or codes.dim() != len(shape) + 1:
+            raise ValueError(f"expected codes of shape (B, {', '.join(map(str, shape))}), given {tuple(codes.shape)}")
         if codes.numel():
             lo, hi = int(codes.min()), int(codes.max())
             if lo < 0 or hi >= self.codebook_size:
@@ -303,34 +306,6 @@ class VideoTokenizer(Tokenizer):
     @abc.abstractmethod
     def decode(self, codes: Tensor) -> Tensor:
         """(B, t, s, h, w) long codes -> (B, T, C, H, W) long in [0, levels)."""
-
-    def check_input(self, x: Tensor) -> None:
-        """Raise ValueError naming expected and given dtype / shape / range of a clip batch."""
-        if not isinstance(x, Tensor):
-            raise ValueError(f"expected a torch.Tensor, given {type(x).__name__}")
-        if x.dtype != torch.long:
-            raise ValueError(f"expected dtype torch.long (integer pixel values), given {x.dtype}")
-        if x.dim() != 5 or tuple(x.shape[1:]) != self.video_shape:
-            raise ValueError(f"expected clips of shape (B, {', '.join(map(str, self.video_shape))}), "
-                             f"given {tuple(x.shape)}")
-        if x.numel():
-            lo, hi = int(x.min()), int(x.max())
-            if lo < 0 or hi >= self.levels:
-                raise ValueError(f"expected values in [0, {self.levels - 1}], given range [{lo}, {hi}]")
-
-    def check_codes(self, codes: Tensor) -> None:
-        """Raise ValueError naming expected and given dtype / shape / range of a code-volume batch."""
-        if not isinstance(codes, Tensor):
-            raise ValueError(f"expected a torch.Tensor of codes, given {type(codes).__name__}")
-        if codes.dtype != torch.long:
-            raise ValueError(f"expected codes of dtype torch.long, given {codes.dtype}")
-        if codes.dim() != 5 or tuple(codes.shape[1:]) != tuple(self.code_shape):
-            raise ValueError(f"expected codes of shape (B, {', '.join(map(str, self.code_shape))}), "
-                             f"given {tuple(codes.shape)}")
-        if codes.numel():
-            lo, hi = int(codes.min()), int(codes.max())
-            if lo < 0 or hi >= self.codebook_size:
-                raise ValueError(f"expected codes in [0, {self.codebook_size - 1}], given range [{lo}, {hi}]")
 
     # ----- evaluation (shared by every video tokenizer) -------------------------------------------
     @torch.no_grad()
