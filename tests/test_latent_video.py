@@ -90,6 +90,59 @@ def test_predict_keeps_the_code_frames_inside_the_context(latent, monkeypatch, k
         latent.predict(x[:, :k].float())
 
 
+@torch.no_grad()
+def _exact_future_nats(latent: LatentModel, x: torch.Tensor, first: int) -> torch.Tensor:
+    """-log p(code frames >= first | code frames < first) by enumerating every future code volume."""
+    codes = latent.encode(x)
+    t, s, h, w = latent.prior.data_shape
+    n = (t - first) * s * h * w
+    values = torch.cartesian_prod(*[torch.arange(latent.prior.levels)] * n).reshape(-1, t - first, s, h, w)
+    out = []
+    for c in codes:
+        every = torch.cat([c[None, :first].expand(len(values), -1, -1, -1, -1), values], 1)
+        log_joint = latent.prior.log_prob(every)
+        mine = latent.prior.log_prob(c[None])[0]
+        out.append(torch.logsumexp(log_joint, 0) - mine)
+    return torch.stack(out).double()
+
+
+@pytest.mark.parametrize("prior_name, kw, conditional", [
+    ("videogpt", dict(d_model=12, n_layers=2, n_heads=2, d_ff=24, zero_head=False), True),
+    ("lvt", dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, subscale=(2, 1, 1), block_shapes=(1, 2, 2)), True),
+    ("lvt", dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, subscale=(1, 2, 2), block_shapes=(2, 1, 1)), False),
+])
+def test_future_token_nats_is_the_conditional_exactly_when_it_says_so(prior_name, kw, conditional):
+    """A frame-by-frame prior over a causal tokenizer: the reported nats are -log p(future | past) (by
+    enumeration); a subscale order says it is not, and its sum indeed differs."""
+    torch.manual_seed(2)  # a tokenizer whose untrained codes vary over these clips
+    tok = create_tokenizer("vqvae3d", video_shape=(4, 1, 4, 4), levels=2,
+                           **{**tiny_tokenizer_kwargs("vqvae3d"), "codebook_size": 2}).eval()
+    prior = argen.create_model(prior_name, video_shape=tok.prior_shape, levels=2, **kw)
+    with torch.no_grad():
+        for p in prior.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    latent = LatentModel(tok, prior.eval())
+    x = torch.randint(0, 2, (3, 4, 1, 4, 4), generator=torch.Generator().manual_seed(1))
+    rec = latent.future_token_nats(x, 2)
+    assert rec["code_frames"] == [1, 2] and rec["conditional"] is conditional and rec["frame_major"] is conditional
+    reported = rec["nats_per_token"] * rec["tokens"]
+    exact = float(_exact_future_nats(latent, x, 1).mean())
+    if conditional:
+        assert reported == pytest.approx(exact, rel=1e-5, abs=1e-5)
+    else:
+        assert abs(reported - exact) > 1e-3
+    with pytest.raises(ValueError, match="expected context k >= 1"):
+        latent.future_token_nats(x, 2.0)  # type: ignore[arg-type]
+
+
+def test_future_token_nats_flags_a_tokenizer_that_is_not_causal_in_time():
+    tok = create_tokenizer("vqvae3d", video_shape=(4, 1, 8, 8), levels=2, causal=False,
+                           **tiny_tokenizer_kwargs("vqvae3d")).eval()
+    prior = argen.create_model(PRIOR, video_shape=tok.prior_shape, levels=tok.codebook_size, **tiny_kwargs(PRIOR))
+    rec = LatentModel(tok, prior.eval()).future_token_nats(torch.randint(0, 2, (1, 4, 1, 8, 8)), 2)
+    assert rec["frame_major"] and not rec["temporally_causal"] and not rec["conditional"]
+
+
 @pytest.fixture(scope="module")
 def clips_file(tmp_path_factory):
     """The first 40 clips of moving-mnist-32-10f-binary as an array file (36 train, 4 test clips)."""
@@ -126,11 +179,14 @@ def test_cli_tokenize_train_prior_predict_sample_eval_fvd(clips_file, tmp_path, 
     assert isinstance(model, LatentModel) and model.data_shape == (10, 1, 32, 32) and model.frame_stride == 2
 
     js = tmp_path / "p.json"
-    assert main(["predict", str(prior), "--context", "4", "--frames", "6", "-n", "2", "-o", str(tmp_path / "p.gif"),
+    # 3 context frames, 2 frames per code frame: only code frame 1 (frames 1-2) conditions the likelihood
+    assert main(["predict", str(prior), "--context", "3", "--frames", "6", "-n", "2", "-o", str(tmp_path / "p.gif"),
                  "--json", str(js), "--device", "cpu"]) == 0
-    assert "bits/token" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "code frames 2..5 given code frame 1:" in text and "bits/token" in text and "note:" not in text
     record = json.loads(js.read_text())
-    assert len(record["ssim"]) == 6 and record["likelihood"]["code_frames"] == [2, 5]
+    assert len(record["ssim"]) == 6 and record["likelihood"]["code_frames"] == [1, 5]
+    assert record["likelihood"]["conditional"]
     assert record["likelihood"]["unit"] == "token" and record["likelihood"]["bits_per_token"] > 0
 
     assert main(["sample", str(prior), "-n", "2", "-o", str(tmp_path / "s.gif"), "--device", "cpu"]) == 0

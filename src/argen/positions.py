@@ -52,3 +52,12 @@ def channels_first(x: Tensor) -> Tensor:
 def raster(position_shape: Sequence[int]) -> list[Position]:
     """Every position of `position_shape` in raster order (last dim fastest)."""
     return list(itertools.product(*(range(int(s)) for s in position_shape)))
+
+
+def frame_major(order: Sequence[Sequence[int]]) -> bool:
+    """True when a video generation order over (t, h, w[, c]) positions never returns to an earlier
+    frame: then the sum of a model's conditionals over frames >= k is -log p(those frames | the
+    first k), which a subscale order (the Video Transformer's) does not give."""
+    frames = [int(p[0]) for p in order]
+    return all(a <= b for a, b in zip(frames, frames[1:]))
+

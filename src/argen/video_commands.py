@@ -121,13 +121,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if "likelihood" in record and token_unit:
         lk = record["likelihood"]
         first, stop = lk["code_frames"]
-        print(f"  likelihood of the code frames {first + 1}..{stop} given the code frames of frames 1..{k}: "
-              f"{lk['bits_per_token']:.4f} bits/token over {lk['tokens']} tokens (the prior's, of the tokenizer's codes)")
+        given = {0: "no code frame (none lies wholly in the context)", 1: "code frame 1"}.get(first, f"code frames 1..{first}")
+        print(f"  likelihood of the code frames {first + 1}..{stop} given {given}: {lk['bits_per_token']:.4f} "
+              f"bits/token over {lk['tokens']} tokens (the prior's, of the tokenizer's codes)")
+        if not lk["conditional"]:
+            why = "the prior's order is not frame by frame" if not lk["frame_major"] else "the tokenizer is not causal in time"
+            print(f"  note: {why}, so this sum is not -log p(future codes | past codes)")
     elif "likelihood" in record:
         lk = record["likelihood"]
         kind = "exact" if lk["exact"] else "a bound"
         print(f"  likelihood of the true frames {k + 1}..{end} given frames 1..{k}: {lk['nats_per_frame']:.2f} "
               f"nats/frame, {lk['bits_per_dim']:.4f} bits/dim ({kind})")
+        if not lk["conditional"]:
+            print("  note: the model's order is not frame by frame (subscale), so this sum of its conditionals "
+                  "over the later frames is not -log p(future | past)")
     print(f"argen: wrote {output} (rows: truth | prediction) and {strip} (rows: truth, prediction per clip)")
     if args.json:
         from argen.fileio import atomic_write

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from argen.metrics.features import FeatureExtractor, file_sha256, to_grey, to_unit
 from argen.metrics.weights import load_state_dict_file
+from argen.positions import frame_major
 
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 #: PSNR of identical frames would be infinite; the MSE is floored here (100 dB).
@@ -102,9 +103,11 @@ def prediction_nats(model: Any, x: Tensor, context: int, frames: int | None = No
     """-log p(frames [k, k + frames) | everything before them) of the true clips `x` (B, T, C, H, W).
 
     From `model.log_prob(x, reduce=False)` (B, T, H, W): a model's conditional at a position
-    depends only on the positions before it, so summing t >= k gives the likelihood of the
-    future given the first k true frames. Returns nats per predicted frame (mean over clips),
-    per-frame nats, bits per predicted dimension, and whether the likelihood is exact.
+    depends only on the positions before it in its order, so summing t >= k gives the likelihood
+    of the future given the first k true frames when that order is frame by frame (`conditional`;
+    a subscale order interleaves frames, and the sum is then another quantity). Returns nats per
+    predicted frame (mean over clips), per-frame nats, bits per predicted dimension, whether the
+    likelihood is exact, and whether the sum is that conditional.
     """
     shape = tuple(model.data_shape)
     if len(shape) != 4:
@@ -123,7 +126,8 @@ def prediction_nats(model: Any, x: Tensor, context: int, frames: int | None = No
     nats = per_frame.sum(1)
     return {"context": context, "frames": frames, "nats_per_frame": float(nats.mean() / frames),
             "nats_by_frame": per_frame.mean(0).tolist(), "bits_per_dim": float(nats.mean() / (dims * math.log(2))),
-            "exact": bool(getattr(model, "exact_likelihood", True)), "n": int(x.shape[0])}
+            "exact": bool(getattr(model, "exact_likelihood", True)), "n": int(x.shape[0]),
+            "conditional": frame_major(model.generation_order())}
 
 
 # ----- the Moving MNIST video feature network --------------------------------------------------

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from argen import positions
 from argen.conditioning import CondSpec
 from argen.models.base import check_flag
 
@@ -241,6 +242,8 @@ class LatentModel(nn.Module):
         `complete` with the first k frames known: the code frames wholly inside them (k // frame_stride)
         are kept, the prior draws the others, the decoded clip gets the k true frames back. With k not a
         multiple of frame_stride the partly known code frame is drawn too (its true frames are pasted).
+        With a tokenizer that is not `temporally_causal` the kept code frames are encoded from clips whose
+        unknown frames are zeros, so they differ from the true clip's: an approximation, not conditioning.
         """
         shape = self.data_shape
         if len(shape) != 4:
@@ -267,21 +270,29 @@ class LatentModel(nn.Module):
 
         The prediction protocol of `argen.metrics.video.prediction_nats`, in tokens: the code frames from
         context // frame_stride up to the one holding frame context + frames - 1. Exact for the codes (the
-        prior's likelihood), not a likelihood of the pixels.
+        prior's likelihood), not a likelihood of the pixels, and only when "conditional" is True: the
+        prior generates frame by frame (each code's conditional then reads the earlier code frames and
+        nothing later) and the tokenizer is temporally causal (the context's code frames then hold no
+        information about later frames). Otherwise (a subscale order, LVT's default; a non-causal 3-D
+        encoder) the sum is reported but is not -log p(future | past).
         """
         shape = self.data_shape
         if len(shape) != 4:
             raise ValueError(f"future_token_nats is for video (data (T, C, H, W)), given data shape {shape}")
         t_max, stride = shape[0], self.frame_stride
         frames = t_max - context if frames is None else frames
-        if context < 1 or frames < 1 or context + frames > t_max:
+        if not (isinstance(context, int) and isinstance(frames, int)) or context < 1 or frames < 1 \
+                or context + frames > t_max:
             raise ValueError(f"expected context k >= 1 and frames n >= 1 with k + n <= {t_max}, given k={context}, "
                              f"n={frames}")
         first, stop = context // stride, -(-(context + frames) // stride)
         per_pos = self.log_prob(x, cond, reduce=False)  # (B, t, h, w)
         nats = -per_pos[:, first:stop].double().flatten(1).sum(1)
         tokens = (stop - first) * math.prod(self.prior.data_shape[1:])
+        frame_major = positions.frame_major(self.prior.generation_order())
+        causal = bool(self.tokenizer.temporally_causal)
         return {"context": context, "frames": frames, "code_frames": [first, stop], "tokens": tokens,
+                "conditional": frame_major and causal, "frame_major": frame_major, "temporally_causal": causal,
                 "nats_per_token": float(nats.mean() / tokens), "bits_per_token": float(nats.mean() / (tokens * math.log(2))),
                 "exact": False, "unit": "token", "n": int(x.shape[0])}
 
