@@ -302,6 +302,9 @@ def test_two_stage_edges_to_image_from_the_command_line(tmp_path, capsys):
     assert main(["train", "iqvae", "--tokenizer", tok, "--data", "mnist-edges", "--conditional", "--out", run, *small,
                  "--set", "model.d_model=16", "--set", "model.n_layers=1", "--set", "model.n_heads=2",
                  "--set", "model.d_ff=16"]) == 0
+    # resuming the prior needs no --tokenizer (the run holds its copy): the name means the prior, not the tokenizer
+    assert main(["train", "iqvae", "--out", run, "--resume", "--steps", "4", "--batch-size", "8"]) == 0
+    assert json.loads((tmp_path / "prior" / "config.json").read_text())["step"] == 4
     metrics = json.loads((tmp_path / "tok" / "config.json").read_text())["metrics"]
     assert "test_cond_mse" in metrics and "test_shared_codes" in metrics  # the trainer evaluated with y
     model = argen.load(run)
@@ -315,3 +318,6 @@ def test_two_stage_edges_to_image_from_the_command_line(tmp_path, capsys):
     write_image(tmp_path / "small.png", (edges[0, :20].numpy() * 255).astype("uint8"))
     assert main(["sample", run, "--condition", str(tmp_path / "small.png"), "-n", "2", "-o", str(out)]) == 2
     assert "expected an image of shape (C, H, W) = (1, 28, 28), given (1, 20, 28)" in capsys.readouterr().err
+    # no --condition: the prior's null condition was never trained (no condition dropout), so it is refused
+    assert main(["sample", run, "-n", "2", "-o", str(out)]) == 2
+    assert "cannot sample without a condition: expected --condition" in capsys.readouterr().err

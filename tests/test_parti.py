@@ -60,7 +60,7 @@ def test_refuses_bad_captions_and_configs():
         m.sample(2, torch.tensor([[2.0, 3.0], [3.0, 4.0]]))
     with pytest.raises(ValueError, match=r"tokens of shape \(3, L <= 5\)"):
         m.sample(3, CAPTIONS[:2])  # one caption per sample
-    with pytest.raises(ValueError, match="parti needs cond_vocab and cond_len"):
+    with pytest.raises(ValueError, match="parti needs cond_vocab and cond_len .*--conditional"):
         argen.create_model("parti", cond_vocab=9)
     with pytest.raises(ValueError, match="model.num_classes: parti is conditioned on caption tokens"):
         argen.create_model("parti", cond_vocab=9, cond_len=5, num_classes=3)
@@ -278,6 +278,30 @@ def test_rerank_refusals():
     assert out.shape == (2, 1, 3, 3)
 
 
+def test_rerank_passes_the_models_sampling_options():
+    """A model's declared sampling options (ARDM's steps) reach its sampler through rerank_sample;
+    one it does not declare is refused, as by model.sample itself."""
+    from argen.registry import get_entry
+    from argen.sampling import SamplingConfig
+    from argen.sampling.rerank import rerank_sample
+
+    torch.manual_seed(0)
+    ardm = argen.create_model("ardm", image_shape=(1, 4, 4), levels=4, **get_entry("ardm").tiny).eval()
+    config = lambda: SamplingConfig(generator=torch.Generator().manual_seed(4))  # noqa: E731
+    calls = []
+    sample = ardm.sample
+
+    def counted(*a, **kw):
+        calls.append(kw)
+        return sample(*a, **kw)
+
+    ardm.sample = counted  # type: ignore[method-assign]
+    out = rerank_sample(ardm, 2, None, 3, config(), score="likelihood", steps=2)
+    assert out.shape == (2, 1, 4, 4) and calls == [{"steps": 2}]
+    with pytest.raises(TypeError):
+        rerank_sample(prior(shape=(1, 2, 3), levels=20), 2, CAPTIONS[:2], 2, config(), steps=2)
+
+
 # ----- the command line, end to end ----------------------------------------------------------------------
 def test_cli_text_to_image_end_to_end(tmp_path, capsys):
     """A tiny fsq tokenizer on mnist-captions, a tiny parti over its codes trained with the captions,
@@ -309,3 +333,7 @@ def test_cli_text_to_image_end_to_end(tmp_path, capsys):
     assert "unknown word(s) ['purple']" in err and "green" in err
     assert main(["sample", str(run), "--prompt", prompt, "-n", "2", "-o", str(tmp_path / "r.png"), "--rerank", "2"]) == 0
     assert (tmp_path / "r.png").is_file()
+    capsys.readouterr()  # --rerank keeps the option checks of plain sampling: no silently ignored --steps
+    assert main(["sample", str(run), "--prompt", prompt, "-n", "2", "-o", str(tmp_path / "r.png"), "--rerank", "2",
+                 "--steps", "3"]) == 2
+    assert "--steps is for models that sample in parallel" in capsys.readouterr().err

@@ -84,15 +84,20 @@ def _sampling_config(model: Any, args: argparse.Namespace) -> Any:
     return config
 
 
+def _sample_options(model: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """The model-declared sampling options of the command line (--steps), checked against the model."""
+    opts: dict[str, Any] = {}
+    if args.steps is not None:
+        if not model.capabilities.parallel_steps:
+            raise ValueError(f"--steps is for models that sample in parallel (e.g. ardm), given model {model.model_name!r}")
+        opts["steps"] = args.steps
+    return opts
+
+
 def _generate(model: Any, x: Any, known: Any, cond: Any, args: argparse.Namespace) -> Any:
     """Sample (known=None) or complete with the model's own sampler, or the naive one with --naive."""
     config = _sampling_config(model, args)
-    caps = model.capabilities
-    opts = {}
-    if args.steps is not None:
-        if not caps.parallel_steps:
-            raise ValueError(f"--steps is for models that sample in parallel (e.g. ardm), given model {model.model_name!r}")
-        opts["steps"] = args.steps
+    opts = _sample_options(model, args)
     if known is None:
         return model.sample(x.shape[0], cond, config, **opts)
     return model.complete(x, known, cond, config, **opts)
@@ -188,6 +193,20 @@ def trainable_entry(name: str, prior: bool = False) -> tuple[Any, str]:
                      f"or the tokenizers {list_tokenizers()}")
 
 
+def _trains_prior(args: argparse.Namespace) -> bool:
+    """Whether `argen train` trains a prior over a tokenizer's codes: with --tokenizer, or on --resume of a
+    run that holds one (its description names the tokenizer copied into it; unreadable: that copy's folder)."""
+    if args.tokenizer:
+        return True
+    if not args.resume:
+        return False
+    run_dir = Path(args.out or f"runs/{args.model}-{_data_slug(args.data or 'mnist')}")
+    try:
+        return "tokenizer" in run_description(run_dir)
+    except (OSError, ValueError, CheckpointError):  # the resume path below reports a broken run properly
+        return (run_dir / "tokenizer").is_dir()
+
+
 def create_trainable(name: str, prior: bool = False, **kwargs: Any) -> Any:
     """Build the model or tokenizer `name` (as `trainable_entry` resolves it) from its hyperparameters."""
     import argen
@@ -253,7 +272,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from argen.train.config import coerce_fields
     from argen.train.trainer import RUN_FILES, SAMPLES_DIR, TENSORBOARD_DIR, objective_of, read_train_state
 
-    entry, kind = trainable_entry(args.model, prior=bool(args.tokenizer))  # unknown name: ValueError listing them
+    prior = _trains_prior(args)  # a name both registries hold (iqvae) is the prior over --tokenizer or on its resume
+    entry, kind = trainable_entry(args.model, prior=prior)  # unknown name: ValueError listing them
     if kind == "tokenizer" and (args.tokenizer or args.class_conditional or args.conditional):
         raise ValueError(f"{args.model!r} is a tokenizer: it takes none of --tokenizer, --class-conditional, "
                          "--conditional")
@@ -383,7 +403,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             model_kw.update({"cond_vocab": spec.vocab_size, "cond_len": spec.max_len})
 
     torch.manual_seed(train_cfg.seed)
-    model = create_trainable(args.model, bool(args.tokenizer), **model_kw)
+    model = create_trainable(args.model, prior, **model_kw)
     extra: dict[str, Any] = {"data": data, "data_root": root}
     if conditional and train_ds.vocabulary is not None:
         extra["vocabulary"] = train_ds.vocabulary.to_dict()  # `argen sample --prompt` encodes with it
@@ -662,7 +682,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         config = _sampling_config(model, args)
         # contrastive (PMI against the null condition) where the model has one, else the likelihood
         score = "pmi" if cond is not None and model.capabilities.guidance else "likelihood"
-        x = rerank_sample(model, args.num, cond, args.rerank, config, score=score)
+        x = rerank_sample(model, args.num, cond, args.rerank, config, score=score, **_sample_options(model, args))
     else:
         x0 = torch.zeros((args.num, *model.data_shape), dtype=torch.long, device=model.device)
         x = _generate(model, x0, None, cond, args)
@@ -699,6 +719,11 @@ def _sample_condition(model: Any, args: argparse.Namespace) -> Any:
     if spec.kind in ("tokens", "image") and args.cfg_scale != 1.0:
         raise ValueError(f"--cfg-scale needs a condition to guide towards: pass "
                          f"{'--prompt' if spec.kind == 'tokens' else '--condition'}")
+    if spec.kind in ("tokens", "image") and args.klass is None and not model.capabilities.guidance:
+        # cond=None is then an input the model never trained on (no condition dropout): refuse, don't draw noise
+        raise ValueError(f"model {model.model_name!r} is conditioned on {spec.kind} and has no trained unconditional "
+                         f"input (no classifier-free guidance), so it cannot sample without a condition: expected "
+                         f"{'--prompt' if spec.kind == 'tokens' else '--condition'}, given none")
     return _labels(model, args.num, args.klass) if spec.kind in ("class", "none") or args.klass is not None else None
 
 

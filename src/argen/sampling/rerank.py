@@ -61,10 +61,11 @@ def score_samples(model: Any, x: Tensor, cond: Tensor | None, score: str = "pmi"
 
 @torch.no_grad()
 def rerank_sample(model: Any, n: int, cond: Tensor | None, k: int, config: SamplingConfig | None = None,
-                  score: str = "pmi") -> Tensor:
+                  score: str = "pmi", **options: Any) -> Tensor:
     """(n, *data_shape): for each of the n outputs (cond[i] for output i), k candidates drawn with
-    `config` (one `model.sample` call of n * k), the one with the highest `score` kept (ties: the
-    first drawn). k = 1 is plain sampling. ValueError for bad n, k, score or cond."""
+    `config` and the model's declared sampling `options` (e.g. ARDM's steps; one `model.sample` call
+    of n * k), the one with the highest `score` kept (ties: the first drawn). k = 1 is plain
+    sampling. ValueError for bad n, k, score or cond; TypeError for an option the model lacks."""
     for name, value in (("n", n), ("k", k)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, given {value!r}")
@@ -73,7 +74,7 @@ def rerank_sample(model: Any, n: int, cond: Tensor | None, k: int, config: Sampl
     _check(model, cond, score)
     model.cond_spec.check(cond, n)  # one cond per output, before the n * k draw
     many = None if cond is None else cond.repeat_interleave(k, 0)
-    x = model.sample(n * k, many, config)
+    x = model.sample(n * k, many, config, **options)
     if k == 1:
         return x
     values = score_samples(model, x, many, score).view(n, k)

@@ -11,9 +11,11 @@ tokens.
 Layout (taming's cond-transformer, with an explicit start slot): one causal sequence on the shared
 trunk (`argen.nn.transformer.Transformer`),
 
-    positions [0, P)        the P = cond_len condition tokens (their own embedding table, with one
-                            extra null row: cond=None is the null condition, that row P times),
-                            plus a learned position vector each
+    positions [0, P)        the P = cond_len condition tokens (their own embedding table) plus a
+                            learned position vector each; cond=None gives the table's one extra
+                            null row P times. Training never drops the condition, so that row stays
+                            as initialised: cond=None is defined but is no learned unconditional
+                            model (no guidance is declared; `argen sample` asks for --condition)
     positions P + s, s < N  image slot s: a learned start token (s = 0) or the code s-1, plus the
                             learned row and column vectors of code s (token_gpt's layout)
 

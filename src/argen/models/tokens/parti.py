@@ -73,8 +73,8 @@ class PartiConfig(CodeGridConfig):
         """Caption tokens (B, L <= cond_len) in [0, cond_vocab)."""
         if self.cond_vocab is None or self.cond_len is None:
             raise ValueError(f"parti needs cond_vocab and cond_len (the caption vocabulary size and the longest "
-                             f"caption; `argen train parti --data mnist-captions` sets them from the data), "
-                             f"given cond_vocab={self.cond_vocab}, cond_len={self.cond_len}")
+                             f"caption; `argen train parti --tokenizer RUN --conditional` over mnist-captions codes "
+                             f"sets them from the data), given cond_vocab={self.cond_vocab}, cond_len={self.cond_len}")
         return CondSpec.tokens(self.cond_vocab, self.cond_len)
 
 
