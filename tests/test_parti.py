@@ -337,3 +337,33 @@ def test_cli_text_to_image_end_to_end(tmp_path, capsys):
     assert main(["sample", str(run), "--prompt", prompt, "-n", "2", "-o", str(tmp_path / "r.png"), "--rerank", "2",
                  "--steps", "3"]) == 2
     assert "--steps is for models that sample in parallel" in capsys.readouterr().err
+
+
+def test_training_sample_grids_use_held_out_captions(tmp_path, monkeypatch):
+    """A token-conditioned model's training grids are drawn for the first held-out captions, not the
+    null caption (which a model without condition dropout never learns)."""
+    import numpy as np
+
+    from argen.conditioning import CondSpec
+    from argen.data.dataset import ArgenDataset, ArraySource
+    from argen.train import TrainConfig, Trainer
+
+    m = prior(levels=8)
+    spec = m.cond_spec
+    g = np.random.default_rng(0)
+    caps = g.integers(2, spec.vocab_size, size=(6, spec.max_len))
+    data = ArraySource(g.integers(0, 8, size=(6, *m.data_shape)).astype(np.uint16), caps, levels=8,
+                       cond_spec=CondSpec.tokens(spec.vocab_size, spec.max_len))
+    ds = ArgenDataset("toy", data)
+    seen = {}
+    real = type(m).sample
+
+    def spy(self, n, cond=None, *a, **k):
+        seen["cond"] = cond
+        return real(self, n, cond, *a, **k)
+
+    monkeypatch.setattr(type(m), "sample", spy)
+    cfg = TrainConfig(steps=1, batch_size=2, num_samples=4, ema_decay=None, progress=False)
+    trainer = Trainer(m, ds, cfg, run_dir=tmp_path, eval_data=ds)
+    trainer.sample_grid()
+    assert torch.equal(seen["cond"].cpu(), torch.as_tensor(caps[:4]))

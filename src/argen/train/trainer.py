@@ -836,7 +836,12 @@ class Trainer:
         if self.objective == "reconstruction":
             x, nrow = self._reconstructions(model, n)
         else:
-            cond = sample_conditions(model.cond_spec, n, device=self.device)
+            if model.cond_spec.kind in ("class", "none"):
+                cond = sample_conditions(model.cond_spec, n, device=self.device)
+            else:  # captions / condition tokens: those of the first held-out items (a null one may be untrained)
+                data = self.eval_data if self.eval_data is not None else self.train_data
+                n = max(1, min(n, len(data)))
+                cond = torch.stack([torch.as_tensor(data[i][1]) for i in range(n)]).to(self.device)
             generator = torch.Generator().manual_seed(self.config.seed)
             with self._full_precision():
                 x = model.sample(n, cond, generator=generator)
