@@ -139,3 +139,12 @@ def test_sample_refuses_a_prompt_or_condition_the_model_does_not_take(tmp_path, 
     assert "--condition needs an image-conditioned model" in capsys.readouterr().err
     assert main(["sample", str(tmp_path / "run"), "--prompt", "a", "--class", "1", "-o", str(tmp_path / "x.png")]) == 2
     assert "at most one of --class, --prompt, --condition" in capsys.readouterr().err
+
+
+def test_a_condition_encoding_tokenizer_refuses_data_without_its_condition(tmp_path, capsys):
+    from argen.cli import main
+
+    assert main(["train", "iqvae", "--data", "mnist", "--steps", "1", "--out", str(tmp_path / "t")]) == 2
+    err = capsys.readouterr().err
+    assert "encodes each image with its condition" in err and "mnist-edges" in err
+    assert not (tmp_path / "t" / "config.json").exists()

@@ -404,6 +404,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     torch.manual_seed(train_cfg.seed)
     model = create_trainable(args.model, prior, **model_kw)
+    if getattr(type(model), "uses_condition", False) and train_ds.cond_spec != model.condition_spec:
+        # a tokenizer that encodes a condition with each image needs data that pairs them (mnist-edges)
+        raise ValueError(f"{args.model!r} encodes each image with its condition, "
+                         f"{model.condition_spec.expected('B')}; dataset {data!r} pairs its items with "
+                         f"{train_ds.cond_spec.kind if train_ds.cond_spec.kind != 'none' else 'nothing'} "
+                         "(e.g. --data mnist-edges)")
     extra: dict[str, Any] = {"data": data, "data_root": root}
     if conditional and train_ds.vocabulary is not None:
         extra["vocabulary"] = train_ds.vocabulary.to_dict()  # `argen sample --prompt` encodes with it
