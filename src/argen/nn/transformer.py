@@ -25,7 +25,8 @@ over the N positions) adds RoPE to every self-attention layer instead or as well
 
 `SlotDecoder` is what a decoder-only model over a shifted slot sequence shares (the Image
 Transformer, token GPT): `trunk` (slot inputs -> per-slot logits, full or cached), `new_cache`,
-`slot_range`, and `init_gpt_weights` for its layers.
+`slot_range`, and `init_gpt_weights` / `init_gpt` (with zeroed heads) for its layers;
+`GridSlots` the learned row + column positions of a code grid (token GPT, IQ-VAE, ImageBART).
 
 Patterns: anything `argen.nn.attention.AttentionPattern` defines (causal / full, local 1-D,
 local 2-D). A pattern is one definition `allowed(query, key)` over the N positions of the
@@ -352,6 +353,47 @@ def init_gpt_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def init_gpt(module: nn.Module, heads: Sequence[nn.Linear] = (), zero_head: bool = False) -> None:
+    """`init_gpt_weights` over every layer of `module`, then with `zero_head` each of `heads`
+    zeroed, so a fresh model predicts uniformly (LlamaGen, VideoGPT)."""
+    module.apply(init_gpt_weights)
+    if zero_head:
+        for head in heads:
+            nn.init.zeros_(head.weight)
+            nn.init.zeros_(head.bias)
+
+
+class GridSlots:
+    """Mixin for an nn.Module whose slot s predicts code s of an (h, w) grid in raster order (token
+    GPT, IQ-VAE's prior, ImageBART's scale networks): `slot_row` / `slot_col` (non-persistent
+    buffers, `register_grid`) give each slot's grid position, and the learned per-axis tables
+    `row_embed` (h, d) / `col_embed` (w, d) (`learn_grid_positions`) its position vector, added."""
+
+    slot_row: Tensor
+    slot_col: Tensor
+    row_embed: nn.Parameter | None
+    col_embed: nn.Parameter | None
+    register_buffer: Any
+
+    def register_grid(self, h: int, w: int) -> None:
+        """The buffers `slot_row`, `slot_col` (N = h * w,) of the grid position each slot predicts."""
+        slots = torch.arange(h * w)
+        self.register_buffer("slot_row", slots // w, persistent=False)
+        self.register_buffer("slot_col", slots % w, persistent=False)
+
+    def learn_grid_positions(self, h: int, w: int, d: int) -> None:
+        """Learned row and column tables N(0, 0.02), (h, d) and (w, d)."""
+        self.row_embed = nn.Parameter(torch.randn(h, d) * 0.02)
+        self.col_embed = nn.Parameter(torch.randn(w, d) * 0.02)
+
+    def add_grid_positions(self, h: Tensor, start: int = 0, end: int | None = None) -> Tensor:
+        """h (B, T, d) of the slots [start, end) plus each slot's row vector, then its column vector
+        (in that order: token GPT's checkpoints and outputs, bit for bit)."""
+        if self.row_embed is None or self.col_embed is None:
+            raise ValueError("expected learned grid positions (learn_grid_positions), given none")
+        return h + self.row_embed[self.slot_row[start:end]] + self.col_embed[self.slot_col[start:end]]
+
+
 class SlotDecoder:
     """Mixin for a decoder-only model over a slot sequence: slot s carries token s-1 (slot 0 a
     start input) and predicts token s, so attention that never looks past its own slot is causal.
@@ -365,10 +407,15 @@ class SlotDecoder:
     decoder: Transformer
     head: nn.Module
 
+    @property
+    def num_slots(self) -> int:
+        """N, the slots (one per token): the decoder's length unless it also runs over a prefix."""
+        return self.decoder.length
+
     def slot_range(self, start: int, end: int | None) -> tuple[int, int, slice]:
         """Checked slots [start, end) (end None: all N) and the slice of tokens they carry,
         [start - 1, end - 1) (slot 0 carries the start input instead)."""
-        n = self.decoder.length
+        n = self.num_slots
         end = n if end is None else end
         if not 0 <= start < end <= n:
             raise ValueError(f"expected slots 0 <= start < end <= {n}, given [{start}, {end})")
@@ -436,4 +483,5 @@ class ClassStartSlot:
         return labels
 
 
-__all__ = ["ClassStartSlot", "ContextCache", "SlotDecoder", "Transformer", "TransformerBlock", "TransformerCache", "init_gpt_weights"]
+__all__ = ["ClassStartSlot", "ContextCache", "GridSlots", "SlotDecoder", "Transformer", "TransformerBlock", "TransformerCache",
+           "init_gpt", "init_gpt_weights"]

@@ -72,9 +72,9 @@ from argen.conditioning import CondSpec
 from argen.distributions import MAX_LEVELS, Categorical
 from argen.fields import spec
 from argen.models.base import ARModel, Capabilities, ModelConfig, check_count, check_flag
-from argen.models.tokens.token_gpt import TokenGPT, TokenGPTConfig
+from argen.models.tokens.token_gpt import TokenGPT, TokenGPTConfig, code_grid
 from argen.nn.attention import CausalPattern, FullPattern
-from argen.nn.transformer import Transformer, TransformerCache, init_gpt_weights
+from argen.nn.transformer import GridSlots, SlotDecoder, Transformer, TransformerCache, init_gpt
 from argen.registry import register_model
 
 #: The seed of the forward-chain draw `log_prob` uses when given no generator (repeatable evaluation).
@@ -127,13 +127,14 @@ class ImageBARTConfig(ModelConfig):
         return CondSpec.classes(self.num_classes)
 
 
-class ScaleNet(nn.Module):
+class ScaleNet(GridSlots, SlotDecoder, nn.Module):
     """The encoder-decoder of one or more lower scales: p(x_{t-1} | x_t) autoregressive over x_{t-1}.
 
     Encoder input: [scale token; class token (with classes); code embedding of x_t + grid position],
     full attention. Decoder: slot s carries code s-1 of x_{t-1} (slot 0 the scale's start vector),
     plus the grid position of the code it predicts; causal self-attention and cross-attention to the
-    whole encoding in every block; a head to K logits.
+    whole encoding in every block; a head to K logits. The decoder's slot range, `trunk` (with the
+    encoding as its context) and `new_cache` are `SlotDecoder`'s, the grid positions `GridSlots`'.
     """
 
     def __init__(self, cfg: ImageBARTConfig, n_scales: int) -> None:
@@ -142,8 +143,7 @@ class ScaleNet(nn.Module):
         n, d = h * w, cfg.d_model
         self.n_scales, self.num_classes = n_scales, cfg.num_classes
         self.code_embed = nn.Embedding(cfg.levels, d)  # x_t and x_{t-1} share the codebook's meaning
-        self.row_embed = nn.Parameter(torch.randn(h, d) * 0.02)
-        self.col_embed = nn.Parameter(torch.randn(w, d) * 0.02)
+        self.learn_grid_positions(h, w, d)
         self.scale_embed = nn.Embedding(n_scales, d)
         self.start_embed = nn.Embedding(n_scales, d)
         self.class_embed = nn.Embedding(cfg.num_classes, d) if cfg.num_classes else None
@@ -154,13 +154,7 @@ class ScaleNet(nn.Module):
         self.decoder = Transformer(d, cfg.decoder_layers, cfg.n_heads, cfg.d_ff, CausalPattern(n),
                                    dropout=cfg.dropout, context_dim=d)
         self.head = nn.Linear(d, cfg.levels)
-        slots = torch.arange(n)
-        self.register_buffer("slot_row", slots // w, persistent=False)
-        self.register_buffer("slot_col", slots % w, persistent=False)
-
-    def positions(self, start: int = 0, end: int | None = None) -> Tensor:
-        """(T, d) grid-position vectors of the codes [start, end) in raster order."""
-        return self.row_embed[self.slot_row[start:end]] + self.col_embed[self.slot_col[start:end]]
+        self.register_grid(h, w)
 
     def encode(self, index: int, x_t: Tensor, cond: Tensor | None) -> Tensor:
         """(B, prefix + N, d): the bidirectional encoding of [scale; class; x_t]."""
@@ -170,18 +164,20 @@ class ScaleNet(nn.Module):
             if cond is None:
                 raise ValueError(f"expected class labels ({b},) for a class-conditional imagebart, given None")
             parts.append(self.class_embed(cond)[:, None])
-        parts.append(self.code_embed(x_t.flatten(1)) + self.positions())
+        parts.append(self.add_grid_positions(self.code_embed(x_t.flatten(1))))
         return self.encoder(self.drop(torch.cat(parts, 1)))
 
-    def embed(self, index: int, x_prev: Tensor, start: int, end: int) -> Tensor:
-        """(B, end - start, d) decoder inputs of slots [start, end): codes [start - 1, end - 1) of
-        x_{t-1} shifted behind the start vector, plus the position of the code each slot predicts."""
+    def embed(self, index: int, x_prev: Tensor, start: int = 0, end: int | None = None) -> Tensor:
+        """(B, end - start, d) decoder inputs of slots [start, end) (default all N): codes
+        [start - 1, end - 1) of x_{t-1} shifted behind the start vector, plus the position of the
+        code each slot predicts."""
+        start, end, prev = self.slot_range(start, end)
         b = x_prev.shape[0]
-        h = self.code_embed(x_prev.flatten(1)[:, max(start - 1, 0):end - 1])
+        h = self.code_embed(x_prev.flatten(1)[:, prev])
         if start == 0:
             first = self.start_embed(torch.full((b, 1), index, dtype=torch.long, device=x_prev.device))
             h = torch.cat([first, h], 1)
-        return self.drop(h + self.positions(start, end))
+        return self.drop(self.add_grid_positions(h, start, end))
 
 
 @register_model(
@@ -204,10 +200,7 @@ class ImageBART(ARModel):
     def __init__(self, config: ImageBARTConfig) -> None:
         super().__init__(config)
         cfg = config
-        c, h, w = cfg.image_shape
-        if c != 1:
-            raise ValueError(f"imagebart is a prior over a tokenizer's code grid: expected image_shape (1, h, w), "
-                             f"given {tuple(cfg.image_shape)} ({c} channels)")
+        code_grid(cfg.image_shape, self.model_name)
         self.distribution = Categorical(1, cfg.levels)
         self.beta, self.alpha, self.abar = geometric_schedule(cfg.scales)
         self.top = TokenGPT(TokenGPTConfig(
@@ -217,11 +210,7 @@ class ImageBART(ARModel):
         lower = cfg.scales - 1
         self.nets = nn.ModuleList([ScaleNet(cfg, lower)] if cfg.shared_scales else
                                   [ScaleNet(cfg, 1) for _ in range(lower)])
-        self.nets.apply(init_gpt_weights)
-        if cfg.zero_head:
-            for net in self.nets:
-                nn.init.zeros_(net.head.weight)
-                nn.init.zeros_(net.head.bias)
+        init_gpt(self.nets, [net.head for net in self.nets], cfg.zero_head)
 
     @property
     def scales(self) -> int:
@@ -300,10 +289,6 @@ class ImageBART(ARModel):
     def scale_embed(self, t: int, x_prev: Tensor, start: int = 0, end: int | None = None) -> Tensor:
         """(B, T, d) scale t's decoder inputs of slots [start, end) (default all N) from x_{t-1}."""
         net, index = self._net(t)
-        n = net.decoder.length
-        end = n if end is None else end
-        if not 0 <= start < end <= n:
-            raise ValueError(f"expected slots 0 <= start < end <= {n}, given [{start}, {end})")
         return net.embed(index, x_prev, start, end)
 
     def scale_trunk(self, t: int, h: Tensor, context: Tensor | None = None, cache: TransformerCache | None = None,
@@ -312,14 +297,12 @@ class ImageBART(ARModel):
         `context` (no cache), or slots [start, start + T) from `cache` (the context given at the
         first call only: its cross-attention K/V then stay in the cache)."""
         net, _ = self._net(t)
-        if cache is None:
-            return net.head(net.decoder(h, context))
-        return net.head(net.decoder.prefill(h, cache, start=start, context=context))
+        return net.trunk(h, cache, start, context=context)
 
     def scale_new_cache(self, t: int, batch: int) -> TransformerCache:
         """A static KV cache (self-attention per slot, cross-attention K/V once) for scale t's decoder."""
         net, _ = self._net(t)
-        return net.decoder.new_cache(batch)
+        return net.new_cache(batch)
 
     def scale_logits(self, t: int, x_prev: Tensor, x_t: Tensor, cond: Tensor | None = None,
                      context: Tensor | None = None) -> Tensor:

@@ -21,7 +21,9 @@ trunk (`argen.nn.transformer.Transformer`),
 
 and logits only for the N image slots (a zero-initialised head, so a fresh prior is uniform over
 codes). An unconditional model (cond_vocab None) has no prefix (P = 0). Built without the prefix
-this is token_gpt's layout exactly.
+this is token_gpt's layout exactly: the class is a `TokenGPT` (no classes: one start token) whose
+decoder runs over P + N positions (`prefix=P`), with the condition prefix put in front of
+token_gpt's `slot_inputs`.
 
 Gumbel sampling (`gumbel_feed`, training mode only; inferred from the paper's text, which says the
 model's own Gumbel samples are fed back in training): a first pass without gradient predicts every
@@ -48,26 +50,21 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from argen.conditioning import CondSpec
-from argen.distributions import MAX_LEVELS, Categorical
+from argen.distributions import MAX_LEVELS
 from argen.fields import spec
-from argen.models.base import ARModel, Capabilities, ModelConfig
+from argen.models.base import Capabilities
+from argen.models.tokens.token_gpt import CodeGridConfig, TokenGPT
 from argen.nn.attention import CausalPattern
-from argen.nn.transformer import Transformer, TransformerCache, init_gpt_weights
+from argen.nn.transformer import TransformerCache, init_gpt_weights
 from argen.registry import register_model
 
 
 @dataclass
-class IQVAEPriorConfig(ModelConfig):
+class IQVAEPriorConfig(CodeGridConfig):
     # Defaults: token_gpt's MNIST prior (4 layers, width 128) over a 7x7 grid of 128 codes, given the
-    # 49 codes of the edge map.
-    image_shape: tuple[int, int, int] = spec((1, 7, 7), ge=1)  # (1, h, w): the image's code grid
-    levels: int = spec(128, ge=2, le=MAX_LEVELS)  # the tokenizer's codebook size
-    d_model: int = spec(128, ge=1)
-    n_layers: int = spec(4, ge=1)
-    n_heads: int = spec(4, ge=1)  # divides d_model
-    d_ff: int = spec(512, ge=1)
-    dropout: float = spec(0.0, ge=0.0, lt=1.0)
-    zero_head: bool = spec(True)
+    # 49 codes of the edge map. The image slots are token_gpt's layout (CodeGridConfig), with learned
+    # grid positions only: RoPE would need positions for the condition prefix too.
+    pos_embedding: str = spec("learned", choices=("learned",))
     cond_vocab: int | None = spec(None, ge=1, le=MAX_LEVELS)  # condition tokens in [0, cond_vocab); None: none
     cond_len: int | None = spec(None, ge=1)  # condition tokens per example (exactly)
     # probability that a teacher input is replaced by the model's own Gumbel sample (training only)
@@ -83,8 +80,6 @@ class IQVAEPriorConfig(ModelConfig):
         if (self.cond_vocab is None) != (self.cond_len is None):
             raise ValueError(f"model.cond_vocab and model.cond_len come together (both None: unconditional), "
                              f"given cond_vocab={self.cond_vocab}, cond_len={self.cond_len}")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"model.d_model must be divisible by n_heads={self.n_heads}, given {self.d_model}")
 
     def cond_spec(self) -> CondSpec:
         """Condition tokens (B, cond_len) when built with cond_vocab, else nothing."""
@@ -93,55 +88,39 @@ class IQVAEPriorConfig(ModelConfig):
 
 @register_model("iqvae", tiny=dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, zero_head=False, cond_vocab=8,
                                    cond_len=4))
-class IQVAEPrior(ARModel):
+class IQVAEPrior(TokenGPT):
     """IQ-VAE prior: causal transformer over [condition tokens; image tokens], with Gumbel-sampled training inputs."""
 
     config_class = IQVAEPriorConfig
-    config: IQVAEPriorConfig
+    config: IQVAEPriorConfig  # type: ignore[assignment]
+    #: exact cached sampling; no guidance (the null condition is never trained)
     capabilities = Capabilities(stepper_kind="kv_cache")
-    slot_row: Tensor
-    slot_col: Tensor
 
     def __init__(self, config: IQVAEPriorConfig) -> None:
-        super().__init__(config)
-        cfg = config
-        c, h, w = cfg.image_shape
-        if c != 1:
-            raise ValueError(f"iqvae is a prior over a tokenizer's code grid: expected image_shape (1, h, w), "
-                             f"given {tuple(cfg.image_shape)} ({c} channels)")
-        self.distribution = Categorical(1, cfg.levels)
-        n, d = h * w, cfg.d_model
-        self.prefix = cfg.cond_len or 0
-        slots = torch.arange(n)
-        self.register_buffer("slot_row", slots // w, persistent=False)
-        self.register_buffer("slot_col", slots % w, persistent=False)
-        self.code_embed = nn.Embedding(cfg.levels, d)
-        self.start_embed = nn.Parameter(torch.randn(d) * 0.02)
-        self.row_embed = nn.Parameter(torch.randn(h, d) * 0.02)
-        self.col_embed = nn.Parameter(torch.randn(w, d) * 0.02)
+        prefix = config.cond_len or 0
+        super().__init__(config, prefix=prefix)  # token_gpt's slots (no classes: one start token) behind the prefix
+        d = config.d_model
+        self.prefix = prefix
+        self.slot_pattern = CausalPattern(self.decoder.length - prefix)
         self.cond_embed: nn.Embedding | None = None
         self.cond_pos: nn.Parameter | None = None
-        if cfg.cond_vocab:
-            self.cond_embed = nn.Embedding(cfg.cond_vocab + 1, d)  # the last row: the null condition
-            self.cond_pos = nn.Parameter(torch.randn(self.prefix, d) * 0.02)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.decoder = Transformer(d, cfg.n_layers, cfg.n_heads, cfg.d_ff, CausalPattern(self.prefix + n),
-                                   dropout=cfg.dropout)
-        self.slot_pattern = CausalPattern(n)
-        self.head = nn.Linear(d, cfg.levels)
-        self.apply(init_gpt_weights)
-        if cfg.zero_head:
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        if config.cond_vocab:
+            self.cond_embed = nn.Embedding(config.cond_vocab + 1, d)  # the last row: the null condition
+            self.cond_embed.apply(init_gpt_weights)
+            self.cond_pos = nn.Parameter(torch.randn(prefix, d) * 0.02)
 
     @property
     def num_slots(self) -> int:
+        """N image slots (the decoder runs over the P prefix positions too)."""
         return self.slot_pattern.length
 
     @property
     def pattern(self) -> CausalPattern:
         """Causal attention over the N image slots (the prefix is visible to every slot)."""
         return self.slot_pattern
+
+    def null_cond(self, batch: int) -> Tensor:
+        raise ValueError("iqvae has no trained null condition for classifier-free guidance (expected cfg_scale=1)")
 
     def check_cond(self, cond: Tensor | None, batch: int) -> None:
         super().check_cond(cond, batch)
@@ -153,44 +132,31 @@ class IQVAEPrior(ARModel):
     def condition_prefix(self, cond: Tensor | None, batch: int) -> Tensor:
         """(B, P, d) embeddings of the condition tokens (cond None: the null row P times)."""
         if self.cond_embed is None or self.cond_pos is None:
-            return self.start_embed.new_zeros(batch, 0, self.config.d_model)
+            return self.code_embed.weight.new_zeros(batch, 0, self.config.d_model)
         if cond is None:
             cond = torch.full((batch, self.prefix), self.config.cond_vocab, dtype=torch.long, device=self.device)
         return self.cond_embed(cond) + self.cond_pos
 
     def embed(self, x: Tensor, cond: Tensor | None = None, start: int = 0, end: int | None = None) -> Tensor:
-        """Inputs of image slots [start, end) (default all N), (B, T, d); from slot 0 the condition
-        prefix comes first, (B, P + T, d). Slot s carries code s-1 (slot 0 the start token)."""
-        n = self.num_slots
-        end = n if end is None else end
-        if not 0 <= start < end <= n:
-            raise ValueError(f"expected slots 0 <= start < end <= {n}, given [{start}, {end})")
-        b = x.shape[0]
-        h = self.code_embed(x.flatten(1)[:, max(start - 1, 0): end - 1])
+        """Inputs of image slots [start, end) (default all N), (B, T, d): token_gpt's `slot_inputs`
+        (slot s carries code s-1, slot 0 the start token); from slot 0 the condition prefix comes
+        first, (B, P + T, d)."""
+        h = self.slot_inputs(x, None, start, end)
         if start == 0:
-            h = torch.cat([self.start_embed.expand(b, 1, -1), h], 1)
-        h = h + self.row_embed[self.slot_row[start:end]] + self.col_embed[self.slot_col[start:end]]
-        if start == 0:
-            h = torch.cat([self.condition_prefix(cond, b), h], 1)
+            h = torch.cat([self.condition_prefix(cond, x.shape[0]), h], 1)
         return self.drop(h)
 
-    def trunk(self, h: Tensor, cache: TransformerCache | None = None, start: int = 0, window: object = None) -> Tensor:
+    def trunk(self, h: Tensor, cache: TransformerCache | None = None, start: int = 0, window: object = None,
+              context: object = None) -> Tensor:
         """`embed`'s output for image slots from `start` -> their logits (B, T, levels). Without a cache
         the whole sequence (start 0); with one, earlier positions come from it. `window` (the
-        stepper's, in image-slot coordinates) is ignored: the trunk windows the shifted range itself."""
+        stepper's, in image-slot coordinates) is ignored: the trunk windows the shifted range itself;
+        `context` is always None (no cross-attention: `slot_context`'s default)."""
         offset = 0 if start == 0 else self.prefix
         out = self.decoder(h) if cache is None else self.decoder.prefill(h, cache, start=start + offset)
         if start == 0:
             out = out[:, self.prefix:]
         return self.head(out)
-
-    def slot_context(self, x: Tensor, cond: Tensor | None, start: int, end: int) -> None:
-        """No cross-attention context: the condition enters as the prefix `embed` gives at slot 0."""
-        return None
-
-    def new_cache(self, batch: int) -> TransformerCache:
-        """A static KV cache over the prefix and all N slots, in the model's dtype and device."""
-        return self.decoder.new_cache(batch)
 
     def _logits(self, x: Tensor, cond: Tensor | None) -> Tensor:
         return self.trunk(self.embed(x, cond))  # (B, N, L)

@@ -49,10 +49,20 @@ from argen.distributions import MAX_LEVELS, Categorical
 from argen.fields import spec
 from argen.models.base import ARModel, Capabilities, ModelConfig
 from argen.nn.attention import CausalPattern, Rotary
-from argen.nn.transformer import ClassStartSlot, SlotDecoder, Transformer, init_gpt_weights
+from argen.nn.transformer import ClassStartSlot, GridSlots, SlotDecoder, Transformer, init_gpt
 from argen.registry import register_model
 
 POSITION_KINDS = ("learned", "rope")
+
+
+def code_grid(image_shape: tuple[int, ...], model_name: str) -> tuple[int, int]:
+    """(h, w) of a prior's code grid image_shape (1, h, w). Checked by the model, not in validate:
+    a config describes any data; a prior over a tokenizer's codes takes one kind."""
+    c, h, w = image_shape
+    if c != 1:
+        raise ValueError(f"{model_name} is a prior over a tokenizer's code grid: expected image_shape (1, h, w), "
+                         f"given {tuple(image_shape)} ({c} channels)")
+    return h, w
 
 
 @dataclass
@@ -97,7 +107,7 @@ class TokenGPTConfig(CodeGridConfig):
     tiny=dict(d_model=16, n_layers=2, n_heads=2, d_ff=32, zero_head=False),
     variants={"rope": dict(pos_embedding="rope")},
 )
-class TokenGPT(ClassStartSlot, SlotDecoder, ARModel):
+class TokenGPT(ClassStartSlot, GridSlots, SlotDecoder, ARModel):
     """Token GPT: decoder-only transformer prior over a tokenizer's code grid, class-conditional with CFG."""
 
     config_class = TokenGPTConfig
@@ -105,44 +115,32 @@ class TokenGPT(ClassStartSlot, SlotDecoder, ARModel):
     #: exact cached sampling from static KV caches; guidance through the null class (`null_cond`
     #: refuses for a model built without classes, which has no null class)
     capabilities = Capabilities(stepper_kind="kv_cache", guidance=True)
-    slot_row: Tensor
-    slot_col: Tensor
-    row_embed: nn.Parameter | None
-    col_embed: nn.Parameter | None
 
-    def __init__(self, config: TokenGPTConfig, context_dim: int | None = None) -> None:
+    def __init__(self, config: CodeGridConfig, context_dim: int | None = None, prefix: int = 0) -> None:
         """`context_dim`: the width of a context every decoder block cross-attends to (None: none;
-        a prior built on this layout, parti, passes its text encoder's width)."""
+        a prior built on this layout, parti, passes its text encoder's width). `prefix`: positions
+        the decoder runs over before slot 0 (iqvae's condition tokens; their inputs are the
+        subclass's), so its causal pattern spans prefix + N positions."""
         super().__init__(config)
         cfg = config
-        c, h, w = cfg.image_shape
-        if c != 1:
-            # checked here, not in validate: a config describes any data; this model takes one kind
-            raise ValueError(f"token_gpt is a prior over a tokenizer's code grid: expected image_shape (1, h, w), "
-                             f"given {tuple(cfg.image_shape)} ({c} channels)")
+        h, w = code_grid(cfg.image_shape, self.model_name)
         self.distribution = Categorical(1, cfg.levels)
         n, d = h * w, cfg.d_model
-        slots = torch.arange(n)
-        self.register_buffer("slot_row", slots // w, persistent=False)  # grid position of the code slot s predicts
-        self.register_buffer("slot_col", slots % w, persistent=False)
+        self.register_grid(h, w)  # grid position of the code slot s predicts
         self.code_embed = nn.Embedding(cfg.levels, d)
         # slot 0's input: one row per class and the null class last, or a single start token
         self.start_embed = nn.Embedding(cfg.num_classes + 1 if cfg.num_classes else 1, d)
         rotary = None
         if cfg.pos_embedding == "learned":
-            self.row_embed = nn.Parameter(torch.randn(h, d) * 0.02)
-            self.col_embed = nn.Parameter(torch.randn(w, d) * 0.02)
+            self.learn_grid_positions(h, w, d)
         else:
             self.row_embed = self.col_embed = None
             rotary = Rotary(d // cfg.n_heads, torch.stack([self.slot_row, self.slot_col], 1))
         self.drop = nn.Dropout(cfg.dropout)
-        self.decoder = Transformer(d, cfg.n_layers, cfg.n_heads, cfg.d_ff, CausalPattern(n), dropout=cfg.dropout,
-                                   rotary=rotary, context_dim=context_dim)
+        self.decoder = Transformer(d, cfg.n_layers, cfg.n_heads, cfg.d_ff, CausalPattern(prefix + n),
+                                   dropout=cfg.dropout, rotary=rotary, context_dim=context_dim)
         self.head = nn.Linear(d, cfg.levels)
-        self.apply(init_gpt_weights)
-        if cfg.zero_head:
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        init_gpt(self, [self.head], cfg.zero_head)
 
     @property
     def pattern(self) -> CausalPattern:
@@ -151,17 +149,21 @@ class TokenGPT(ClassStartSlot, SlotDecoder, ARModel):
 
     # ----- the sequence view -----------------------------------------------------------------------
     def embed(self, x: Tensor, cond: Tensor | None = None, start: int = 0, end: int | None = None) -> Tensor:
-        """(B, T, d) inputs of slots [start, end) (default: all N): the shifted codes plus
-        positions; slot 0 carries the class (or start token). A slot range reads only codes
-        [start - 1, end - 1), so cached sampling embeds just the slots it decodes."""
+        """(B, T, d) inputs of slots [start, end) (default: all N): `slot_inputs`, after dropout."""
+        return self.drop(self.slot_inputs(x, cond, start, end))
+
+    def slot_inputs(self, x: Tensor, cond: Tensor | None = None, start: int = 0, end: int | None = None) -> Tensor:
+        """(B, T, d) inputs of slots [start, end) before dropout: the shifted codes plus positions;
+        slot 0 carries the class (or start token). A slot range reads only codes [start - 1, end - 1),
+        so cached sampling embeds just the slots it decodes."""
         start, end, prev = self.slot_range(start, end)
         h = self.code_embed(x.flatten(1)[:, prev])
         if start == 0:
             first = self.start_embed(self.start_rows(cond, x.shape[0]))
             h = torch.cat([first[:, None], h], 1)
-        if self.row_embed is not None and self.col_embed is not None:
-            h = h + self.row_embed[self.slot_row[start:end]] + self.col_embed[self.slot_col[start:end]]
-        return self.drop(h)
+        if self.row_embed is not None:
+            h = self.add_grid_positions(h, start, end)
+        return h
 
     def forward(self, x: Tensor, cond: Tensor | None = None) -> Tensor:
         """(B, 1, h, w) codes -> (B, levels, h, w) logits of each code given the codes before it."""

@@ -58,7 +58,7 @@ from argen.distributions import MAX_LEVELS, Categorical
 from argen.fields import spec
 from argen.models.base import ARModel, Capabilities, VideoModelConfig
 from argen.nn.attention import CausalPattern, FullPattern
-from argen.nn.transformer import ClassStartSlot, SlotDecoder, Transformer, init_gpt_weights
+from argen.nn.transformer import ClassStartSlot, SlotDecoder, Transformer, init_gpt
 from argen.registry import register_model
 
 POSITION_KINDS = ("concat", "add")
@@ -150,10 +150,7 @@ class VideoGPT(ClassStartSlot, SlotDecoder, ARModel):
             self.encoder = Transformer(d, cfg.enc_layers, cfg.n_heads, cfg.d_ff, FullPattern(self.context_len),
                                        dropout=cfg.dropout)
         self.head = nn.Linear(d, cfg.levels)
-        self.apply(init_gpt_weights)
-        if cfg.zero_head:
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        init_gpt(self, [self.head], cfg.zero_head)
 
     @property
     def pattern(self) -> CausalPattern:
