@@ -221,6 +221,29 @@ class Tokenizer(nn.Module, abc.ABC):
         """Numbers from summed `eval_stats`: "mse", "psnr", "usage", "perplexity", "window_usage"."""
 
 
+#: PSNR of a perfect reconstruction is infinite; report at most this (dB) so logs stay finite JSON.
+MAX_PSNR = 100.0
+
+
+def reconstruction_summary(totals: Stats, codebook_size: int) -> dict[str, float]:
+    """The numbers every tokenizer reports from summed eval statistics: "mse" ([0, 1] scale, over
+    every value), "psnr" (dB, peak 1, at most MAX_PSNR) from "sq_err"; "usage" (distinct codes /
+    codebook_size) and "perplexity" (of the code histogram) from "codes"."""
+    from argen.nn.quantize import perplexity
+
+    out: dict[str, float] = {}
+    if "sq_err" in totals:
+        err, count = (float(t) for t in totals["sq_err"])
+        mse = err / max(count, 1.0)
+        out["mse"] = mse
+        out["psnr"] = MAX_PSNR if mse <= 10 ** (-MAX_PSNR / 10) else -10.0 * math.log10(mse)
+    if "codes" in totals:
+        hist = totals["codes"][0].double()
+        out["usage"] = int((hist > 0).sum()) / codebook_size
+        out["perplexity"] = float(perplexity(hist))
+    return out
+
+
 # ----- video tokenizers (issue 13) --------------------------------------------------------------------
 @dataclass
 class VideoTokenizerConfig(TokenizerConfig):
@@ -327,21 +350,10 @@ class VideoTokenizer(Tokenizer):
     def summarize(self, totals: Stats) -> dict[str, float]:
         """mse ([0, 1] scale), psnr (dB, peak 1, at most 100), ssim (mean per frame), usage (distinct
         codes / codebook_size) and perplexity (of the code histogram), from summed `eval_stats`."""
-        out: dict[str, float] = {}
-        if "sq_err" in totals:
-            err, count = (float(t) for t in totals["sq_err"])
-            mse = err / max(count, 1.0)
-            out["mse"] = mse
-            out["psnr"] = 100.0 if mse <= 1e-10 else -10.0 * math.log10(mse)
+        out = reconstruction_summary(totals, self.codebook_size)
         if "ssim" in totals:
             s, count = (float(t) for t in totals["ssim"])
             out["ssim"] = s / max(count, 1.0)
-        if "codes" in totals:
-            hist = totals["codes"][0].double()
-            out["usage"] = int((hist > 0).sum()) / self.codebook_size
-            total = float(hist.sum())
-            p = hist / max(total, 1.0)
-            out["perplexity"] = float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())) if total > 0 else 1.0
         return out
 
 

@@ -16,10 +16,7 @@ from argen.fields import spec
 from argen.nn.autoencoder import ConvDecoder, ConvEncoder, downsampling_factor
 from argen.nn.pixels import mean_stat, one_stat, to_levels, to_unit
 from argen.nn.quantize import Quantized, Quantizer, perplexity
-from argen.tokenizers.base import Stats, Tokenizer, TokenizerConfig
-
-#: PSNR of a perfect reconstruction is infinite; report at most this (dB) so logs stay finite JSON.
-MAX_PSNR = 100.0
+from argen.tokenizers.base import MAX_PSNR, Stats, Tokenizer, TokenizerConfig, reconstruction_summary  # noqa: F401
 
 
 @dataclass
@@ -134,16 +131,7 @@ class ConvTokenizer(Tokenizer):
         """mse ([0, 1] scale, over every value), psnr (dB, peak 1, of that mse), usage (distinct codes /
         codebook_size), perplexity (of the code histogram), window_usage (recent training assignments;
         absent before any training)."""
-        out: dict[str, float] = {}
-        if "sq_err" in totals:
-            err, count = (float(t) for t in totals["sq_err"])
-            mse = err / max(count, 1.0)
-            out["mse"] = mse
-            out["psnr"] = MAX_PSNR if mse <= 10 ** (-MAX_PSNR / 10) else -10.0 * math.log10(mse)
-        if "codes" in totals:
-            hist = totals["codes"][0]
-            out["usage"] = int((hist > 0).sum()) / self.codebook_size
-            out["perplexity"] = float(perplexity(hist))
+        out = reconstruction_summary(totals, self.codebook_size)
         window = self.quantizer.window_usage()
         if not math.isnan(window):
             out["window_usage"] = window
