@@ -31,33 +31,13 @@ import json
 import math
 import os
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
+from cli_runs import argen_cli, train_budgeted
 
 HERE = Path(__file__).resolve().parent
-
-
-def argen_cli(*args: str, threads: int) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [str(Path(sys.executable).with_name("argen")), *args]
-    print("$ argen " + " ".join(args), flush=True)
-    subprocess.run(cmd, check=True, env=env)
-
-
-def train(name: str, out: Path, budget: float, args: argparse.Namespace, *extra: str, sets: tuple[str, ...] = ()) -> dict:
-    """Train (or, with --reuse, keep) a run limited to `budget` CPU-seconds; its config.json."""
-    done = out / "config.json"
-    if not (args.reuse and done.is_file() and json.loads(done.read_text()).get("finished", True)
-            and "metrics" in json.loads(done.read_text())):
-        argen_cli("train", name, "--out", str(out), "--overwrite", "--steps", "1000000", "--batch-size", "32",
-                  "--lr", str(args.lr), *extra, "--set", f"train.time_limit={budget}", "train.time_clock=cpu",
-                  "train.eval_examples=500", "train.checkpoint_every=1000000", "train.tensorboard=false",
-                  "train.sample_every=none", *sets, threads=args.threads)
-    return json.loads(done.read_text())
 
 
 @torch.no_grad()
@@ -123,6 +103,13 @@ def evaluate(args: argparse.Namespace, tok_dir: Path, ib_dir: Path, gpt_dir: Pat
     out["params"] = {"imagebart": sum(p.numel() for p in ib.parameters()),
                      "token_gpt": sum(p.numel() for p in gpt.parameters())}
     return out
+
+
+def train(name: str, out: Path, budget: float, args: argparse.Namespace, *extra: str,
+          sets: tuple[str, ...] = ()) -> dict:
+    """Train (or, with --reuse, keep) a run limited to `budget` CPU-seconds; its config.json."""
+    return train_budgeted(name, out, budget, *extra, lr=args.lr, threads=args.threads, reuse=args.reuse,
+                          eval_examples=500, sets=("train.sample_every=none", *sets))
 
 
 def main() -> None:

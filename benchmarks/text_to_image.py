@@ -39,34 +39,15 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from cli_runs import train_budgeted
 from torch import Tensor
 
 PHRASING = 0  # "a {fg} {digit} on a {bg} background"
-
-
-def argen_cli(*args: str, threads: int) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [str(Path(sys.executable).with_name("argen")), *args]
-    print("$ argen " + " ".join(args), flush=True)
-    subprocess.run(cmd, check=True, env=env)
-
-
-def train(name: str, out: Path, budget: float, args: argparse.Namespace, *extra: str) -> dict:
-    """Train (or, with --reuse, keep) a run limited to `budget` CPU-seconds; its config.json."""
-    done = out / "config.json"
-    if not (args.reuse and done.is_file() and json.loads(done.read_text()).get("metrics")):
-        argen_cli("train", name, "--out", str(out), "--overwrite", "--steps", "1000000", "--batch-size",
-                  str(args.batch_size), "--lr", str(args.lr), *extra, "--set", f"train.time_limit={budget}",
-                  "train.time_clock=cpu", "train.eval_examples=1000", "train.checkpoint_every=1000000",
-                  "train.tensorboard=false", threads=args.threads)
-    return json.loads(done.read_text())
 
 
 # ----- measuring from pixels -------------------------------------------------------------------------
@@ -82,6 +63,12 @@ def ink_and_colours(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     on = (ink.flatten(1) > 0.5)[:, :, None].expand_as(pixels)
     fg = torch.where(on, pixels, torch.nan).nanmedian(1).values  # (N, 3)
     return (ink * 255).round().long()[:, None], fg, bg
+
+
+def train(name: str, out: Path, budget: float, args: argparse.Namespace, *extra: str) -> dict:
+    """Train (or, with --reuse, keep) a run limited to `budget` CPU-seconds; its config.json."""
+    return train_budgeted(name, out, budget, *extra, lr=args.lr, threads=args.threads, reuse=args.reuse,
+                          batch_size=args.batch_size)
 
 
 def nearest_colour(rgb: Tensor, names: list[str], palette: Tensor) -> list[str]:

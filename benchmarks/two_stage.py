@@ -22,30 +22,11 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import torch
-
-
-def argen_cli(*args: str, threads: int) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    cmd = [str(Path(sys.executable).with_name("argen")), *args]
-    print("$ argen " + " ".join(args), flush=True)
-    subprocess.run(cmd, check=True, env=env)
-
-
-def train(name: str, out: Path, budget: float, args: argparse.Namespace, *extra: str) -> dict:
-    """Train (or reuse) a run limited to `budget` CPU-seconds; its config.json."""
-    done = out / "config.json"
-    if not (args.reuse and done.is_file() and json.loads(done.read_text()).get("metrics", {}).keys() & {"test_bpd", "test_psnr"}):
-        argen_cli("train", name, "--out", str(out), "--overwrite", "--steps", "1000000", "--batch-size", "32",
-                  "--lr", str(args.lr), *extra, "--set", f"train.time_limit={budget}", "train.time_clock=cpu",
-                  "train.eval_examples=1000", "train.checkpoint_every=1000000", "train.tensorboard=false",
-                  threads=args.threads)
-    return json.loads(done.read_text())
+from cli_runs import argen_cli, train_budgeted
 
 
 @torch.no_grad()
@@ -65,6 +46,11 @@ def quality(run: Path, args: argparse.Namespace, cfg_scale: float = 1.0) -> dict
     return {"fid": result["fid_mnist"], "class_accuracy": result["class_accuracy_mnist"],
             "confidence": result["confidence_mnist"], "s_per_image": seconds / args.n, "n": args.n,
             "cfg_scale": cfg_scale}
+
+
+def train(name: str, out: Path, budget: float, args: argparse.Namespace, *extra: str) -> dict:
+    """Train (or reuse) a run limited to `budget` CPU-seconds; its config.json."""
+    return train_budgeted(name, out, budget, *extra, lr=args.lr, threads=args.threads, reuse=args.reuse)
 
 
 def main() -> None:

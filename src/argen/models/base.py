@@ -161,6 +161,31 @@ class Capabilities:
         return (("steps",) if self.parallel_steps else ()) + (("order",) if self.sample_orders else ())
 
 
+def prediction_problem(model: Any, context: Tensor) -> tuple[Tensor, Tensor]:
+    """Video prediction as a completion: the first k frames (B, k, C, H, W), checked against the
+    model's clips, -> (clips (B, T, C, H, W) with the context in front and zeros after, known mask
+    (B, T, H, W) True on the first k frames). Shared by every model that predicts by completing."""
+    shape = tuple(model.data_shape)
+    if len(shape) != 4:
+        raise ValueError(f"predict is for video models (data (T, C, H, W)), given a model of data shape {shape}")
+    if not isinstance(context, Tensor) or context.dim() != 5 or tuple(context.shape[2:]) != shape[1:] \
+            or not 1 <= context.shape[1] < shape[0]:
+        given = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
+        raise ValueError(f"expected context frames (B, k, {', '.join(map(str, shape[1:]))}) with 1 <= k < "
+                         f"{shape[0]}, given {given}")
+    if context.dtype != torch.long:
+        raise ValueError(f"expected context frames of dtype torch.long (integer pixel values), given {context.dtype}")
+    if context.numel() and (int(context.min()) < 0 or int(context.max()) >= model.levels):
+        raise ValueError(f"expected context values in [0, {model.levels - 1}], given range "
+                         f"[{int(context.min())}, {int(context.max())}]")
+    b, k = context.shape[:2]
+    x = torch.zeros((b, *shape), dtype=torch.long, device=context.device)
+    x[:, :k] = context
+    known = torch.zeros((b, *model.position_shape), dtype=torch.bool, device=context.device)
+    known[:, :k] = True
+    return x, known
+
+
 class ARModel(nn.Module, abc.ABC):
     """An autoregressive model over integer data (B, *data_shape) with values in [0, levels):
     images (B, C, H, W), video (B, T, C, H, W), code grids (B, 1, h, w) of a tokenizer."""
@@ -374,24 +399,7 @@ class ARModel(nn.Module, abc.ABC):
         `complete` with the first k frames known (the protocol of VPN and the video models); options
         as in `sample`.
         """
-        shape = self.data_shape
-        if len(shape) != 4:
-            raise ValueError(f"predict is for video models (data (T, C, H, W)), given a model of data shape {shape}")
-        if not isinstance(context, Tensor) or context.dim() != 5 or tuple(context.shape[2:]) != shape[1:] \
-                or not 1 <= context.shape[1] < shape[0]:
-            given = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
-            raise ValueError(f"expected context frames (B, k, {', '.join(map(str, shape[1:]))}) with 1 <= k < "
-                             f"{shape[0]}, given {given}")
-        if context.dtype != torch.long:
-            raise ValueError(f"expected context frames of dtype torch.long (integer pixel values), given {context.dtype}")
-        if context.numel() and (int(context.min()) < 0 or int(context.max()) >= self.levels):
-            raise ValueError(f"expected context values in [0, {self.levels - 1}], given range "
-                             f"[{int(context.min())}, {int(context.max())}]")
-        b, k = context.shape[:2]
-        x = torch.zeros((b, *shape), dtype=torch.long, device=context.device)
-        x[:, :k] = context
-        known = torch.zeros((b, *self.position_shape), dtype=torch.bool, device=context.device)
-        known[:, :k] = True
+        x, known = prediction_problem(self, context)
         return self.complete(x, known, cond, config, **options)
 
     def check_known(self, known: Tensor, batch: int) -> Tensor:

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from argen import positions
 from argen.conditioning import CondSpec
-from argen.models.base import check_flag
+from argen.models.base import check_flag, prediction_problem
 
 
 @dataclass(frozen=True)
@@ -245,21 +245,7 @@ class LatentModel(nn.Module):
         With a tokenizer that is not `temporally_causal` the kept code frames are encoded from clips whose
         unknown frames are zeros, so they differ from the true clip's: an approximation, not conditioning.
         """
-        shape = self.data_shape
-        if len(shape) != 4:
-            raise ValueError(f"predict is for video models (data (T, C, H, W)), given a model of data shape {shape}")
-        if not isinstance(context, Tensor) or context.dim() != 5 or tuple(context.shape[2:]) != shape[1:] \
-                or not 1 <= context.shape[1] < shape[0]:
-            given = tuple(context.shape) if isinstance(context, Tensor) else type(context).__name__
-            raise ValueError(f"expected context frames (B, k, {', '.join(map(str, shape[1:]))}) with 1 <= k < "
-                             f"{shape[0]}, given {given}")
-        if context.dtype != torch.long:
-            raise ValueError(f"expected context frames of dtype torch.long (integer pixel values), given {context.dtype}")
-        b, k = context.shape[:2]
-        x = torch.zeros((b, *shape), dtype=torch.long, device=context.device)
-        x[:, :k] = context  # the range is checked by complete (check_input)
-        known = torch.zeros((b, *self.position_shape), dtype=torch.bool, device=context.device)
-        known[:, :k] = True
+        x, known = prediction_problem(self, context)
         return self.complete(x, known, cond, config, **options)
 
     @torch.no_grad()
